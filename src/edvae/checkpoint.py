@@ -1,0 +1,107 @@
+"""Checkpoints as safetensors with the JSON config in the file's metadata; written atomically.
+
+Nothing is ever loaded through pickle. A training state holds the model, Adam's moments and the
+step; the data order and all noise are functions of (seed, step), so nothing else is needed for
+an exact resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import EdvaeError
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "checkpoint.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "edvae-1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(Path(path), text.encode())
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise EdvaeError(f"checkpoint not found: {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise EdvaeError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+    if metadata.get("format") != FORMAT:
+        raise EdvaeError(f"checkpoint {path} is not an edvae checkpoint (format {metadata.get('format')!r})")
+    return tensors, metadata
+
+
+def save_model(path: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
+    _atomic_save(model.state_dict(), path, {"format": FORMAT, "config": json.dumps(config)})
+
+
+def load_model_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, metadata = _read(path)
+    return tensors, json.loads(metadata["config"])
+
+
+def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+               config: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"optim.{names[id(p)]}.{key}"] = torch.as_tensor(value)
+    meta = {"format": FORMAT, "config": json.dumps(config), "step": str(step)}
+    _atomic_save(tensors, path, meta)
+
+
+def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Restore model and optimizer in place; returns the number of steps done."""
+    tensors, metadata = _read(path)
+    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_sd)
+    except RuntimeError as exc:
+        raise EdvaeError(f"checkpoint {path} does not fit the model: {exc}") from None
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        if not key.startswith("optim."):
+            continue
+        name, slot = key[len("optim."):].rsplit(".", 1)
+        p = params[name]
+        optimizer.state[p][slot] = value.to(p.device) if slot != "step" else value
+    return int(metadata["step"])
+
+
+def read_state_config(path: Path) -> dict[str, Any]:
+    _, metadata = _read(path)
+    return json.loads(metadata["config"])

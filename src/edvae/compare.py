@@ -1,0 +1,121 @@
+"""Method x seed grids: train each run (in parallel processes), then one table and one figure.
+
+Writes into OUT: one run folder per (method, seed), results.json (every run's evaluation),
+summary.md (mean +- std per method) and perplexity.png (test perplexity over training).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write_text
+from .errors import EdvaeError
+
+COLUMNS = (("perplexity", "perplexity (argmax)", 1.0, 1), ("perplexity_sampled", "perplexity (sampled)", 1.0, 1),
+           ("used_codes", "used codes", 1.0, 1), ("mse", "MSE x 1e3", 1e3, 2),
+           ("mse_sampled", "MSE sampled x 1e3", 1e3, 2), ("entropy_mean", "entropy of pi", 1.0, 2))
+
+
+def run_grid(methods: list[str], seeds: list[int], out: Path, config: str | None,
+             overrides: list[str], jobs: int, threads: int) -> list[dict[str, Any]]:
+    out.mkdir(parents=True, exist_ok=True)
+    pending = []
+    for method in methods:
+        for seed in seeds:
+            run_dir = out / f"{method}-seed{seed}"
+            if (run_dir / "eval.json").is_file():
+                continue  # finished earlier: the grid is resumable
+            cmd = [sys.executable, "-m", "edvae", "train", "--method", method, "--seed", str(seed),
+                   "--out", str(run_dir), "--no-progress", "--set", f"train.threads={threads}"]
+            if config:
+                cmd += ["--config", config]
+            for o in overrides:
+                cmd += ["--set", o]
+            if (run_dir / "checkpoint.safetensors").is_file():
+                cmd.append("--resume")
+            elif run_dir.exists():
+                for f in run_dir.iterdir():  # a run killed before its first checkpoint
+                    f.unlink() if f.is_file() else None
+            pending.append((run_dir, cmd))
+    running: list[tuple[Path, subprocess.Popen]] = []
+    failed = []
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    while pending or running:
+        while pending and len(running) < jobs:
+            run_dir, cmd = pending.pop(0)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(run_dir.parent / f"{run_dir.name}.log", "w")
+            print(f"start {run_dir.name}", flush=True)
+            running.append((run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+        run_dir, proc = running.pop(0)
+        if proc.wait() != 0:
+            failed.append(run_dir.name)
+        print(f"done  {run_dir.name} (exit {proc.returncode})", flush=True)
+    if failed:
+        raise EdvaeError(f"runs failed: {', '.join(failed)} (see their .log files in {out})")
+    return collect(out, methods, seeds)
+
+
+def collect(out: Path, methods: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for method in methods:
+        for seed in seeds:
+            path = out / f"{method}-seed{seed}" / "eval.json"
+            if not path.is_file():
+                raise EdvaeError(f"missing result {path}")
+            r = json.loads(path.read_text())
+            r.pop("code_counts", None)
+            rows.append({"method": method, "seed": seed, **r})
+    return rows
+
+
+def _fmt(values: list[float], scale: float, digits: int) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    std = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} +- {std:.{digits}f}"
+
+
+def summary_table(rows: list[dict[str, Any]], methods: list[str]) -> str:
+    head = "| method | runs | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for method in methods:
+        rs = [r for r in rows if r["method"] == method]
+        cells = [_fmt([r.get(key) for r in rs], scale, d) for key, _, scale, d in COLUMNS]
+        lines.append(f"| {method} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def training_curves(out: Path, rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    series = {}
+    for r in rows:
+        path = out / f"{r['method']}-seed{r['seed']}" / "metrics.jsonl"
+        points = []
+        for line in path.read_text().splitlines():
+            m = json.loads(line)
+            if m.get("test_perplexity") is not None:
+                points.append((m["step"], m["test_perplexity"]))
+        series[f"{r['method']} seed {r['seed']}"] = points
+    return series
+
+
+def write_report(out: Path, rows: list[dict[str, Any]], methods: list[str], command: str) -> str:
+    from .plots import save_curves
+
+    table = summary_table(rows, methods)
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
+    curves = training_curves(out, rows)
+    if any(curves.values()):
+        save_curves(out / "perplexity.png", curves, "test perplexity (argmax)",
+                    "test-subset perplexity during training")
+    text = f"Command: `{command}`\n\n{table}"
+    atomic_write_text(out / "summary.md", text)
+    return table

@@ -1,0 +1,220 @@
+"""Typed run configuration: dataclasses, YAML files and `key=value` overrides, validated.
+
+An unknown key, a value of the wrong type or out of range is an EdvaeError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import EdvaeError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class ModelConfig:
+    method: str = "edvae"
+    channels: int = 3
+    image_size: int = 32
+    codebook_size: int = 512
+    codebook_dim: int = 16
+    width: int = 128  # n of the paper: stage widths n, 2n, 4n
+    first_kernel: int = 3  # 3 for CIFAR10 and CelebA, 7 for LSUN Church
+    hidden_ratio: float = 0.25  # block hidden width / output width: code 0.25, paper's table 1.0
+    init_std: float = 0.02
+    eval_mode: str = "argmax"  # argmax (authors' code) or sample (Algorithm 2)
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific, e.g. clamp_max
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    download: bool = False
+    limit_train: int | None = None
+    limit_test: int | None = None
+    steps: int = 150_000
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_min: float = 1.25e-6
+    lr_anneal_steps: int = 50_000
+    beta_max: float | None = None  # None: the method's paper value (EdVAE 5e-7, dVAE 5e-5)
+    beta_ramp_steps: int = 5_000
+    temperature_decay: float = 1e-5
+    temperature_min: float = 0.0
+    schedule_steps: int = 150_000  # the budget the step counts above are given for
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"  # bf16 autocast where the device supports it
+    threads: int = 0  # CPU threads; 0 leaves torch's default
+    log_every: int = 50
+    eval_every: int = 0  # test-subset perplexity during training; 0 = off
+    eval_subset: int = 2048
+    eval_batch_size: int = 128
+    checkpoint_every: int = 0  # 0 = only at the end
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+_POSITIVE = {"channels", "image_size", "codebook_size", "codebook_dim", "width", "first_kernel",
+             "steps", "batch_size", "lr_anneal_steps", "schedule_steps", "log_every",
+             "eval_subset", "eval_batch_size"}
+_NON_NEGATIVE = {"lr", "lr_min", "beta_ramp_steps", "temperature_decay",
+                 "temperature_min", "threads", "eval_every", "checkpoint_every", "init_std"}
+
+
+def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
+    name = f"{section}.{key}"
+    optional = "None" in annotation
+    if value is None:
+        if optional:
+            return None
+        raise EdvaeError(f"config key {name}: a value is required")
+    base = annotation.replace("| None", "").strip()
+    if base.startswith("dict"):
+        if not isinstance(value, dict):
+            raise EdvaeError(f"config key {name}: expected a mapping, got {value!r}")
+        return dict(value)
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        raise EdvaeError(f"config key {name}: expected true or false, got {value!r}")
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise EdvaeError(f"config key {name}: expected an integer, got {value!r}")
+        return int(value)
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EdvaeError(f"config key {name}: expected a number, got {value!r}")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, str):
+            raise EdvaeError(f"config key {name}: expected a string, got {value!r}")
+        return value
+    raise AssertionError(annotation)
+
+
+def _build(cls, section: str, values: dict[str, Any]):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise EdvaeError(f"unknown config key {section}.{unknown[0]} "
+                         f"(known {section} keys: {', '.join(fields)})")
+    kwargs = {k: _coerce(section, k, v, str(fields[k].type)) for k, v in values.items()}
+    obj = cls(**kwargs)
+    for key in fields:
+        value = getattr(obj, key)
+        if key in _POSITIVE and value <= 0:
+            raise EdvaeError(f"config key {section}.{key} must be positive, got {value}")
+        if key in _NON_NEGATIVE and value < 0:
+            raise EdvaeError(f"config key {section}.{key} must be >= 0, got {value}")
+    return obj
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    from .quantizers import QUANTIZERS
+
+    m, t = cfg.model, cfg.train
+    if m.method not in QUANTIZERS:
+        raise EdvaeError(f"config key model.method: unknown method {m.method!r} "
+                         f"(known: {', '.join(sorted(QUANTIZERS))})")
+    accepted = set(inspect.signature(QUANTIZERS[m.method].__init__).parameters)
+    accepted -= {"self", "codebook_size", "codebook_dim", "eval_mode"}
+    for key in m.options:
+        if key not in accepted:
+            raise EdvaeError(f"unknown config key model.options.{key} for method {m.method} "
+                             f"(known: {', '.join(sorted(accepted)) or 'none'})")
+    if t.beta_max is None:
+        t.beta_max = QUANTIZERS[m.method].default_beta_max
+    if t.beta_max < 0:
+        raise EdvaeError(f"config key train.beta_max must be >= 0, got {t.beta_max}")
+    if m.eval_mode not in ("argmax", "sample"):
+        raise EdvaeError(f"config key model.eval_mode must be argmax or sample, got {m.eval_mode!r}")
+    if m.channels not in (1, 3):
+        raise EdvaeError(f"config key model.channels must be 1 or 3, got {m.channels}")
+    if m.image_size % 4:
+        raise EdvaeError(f"config key model.image_size must be a multiple of 4, got {m.image_size}")
+    if t.device not in DEVICES:
+        raise EdvaeError(f"config key train.device must be one of {DEVICES}, got {t.device!r}")
+    if t.precision not in PRECISIONS:
+        raise EdvaeError(f"config key train.precision must be one of {PRECISIONS}, got {t.precision!r}")
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    if not isinstance(data, dict):
+        raise EdvaeError("a config must be a mapping with sections 'model' and 'train'")
+    unknown = sorted(set(data) - {"model", "train"})
+    if unknown:
+        raise EdvaeError(f"unknown config section {unknown[0]!r} (known: model, train)")
+    model = _build(ModelConfig, "model", data.get("model") or {})
+    train = _build(TrainConfig, "train", data.get("train") or {})
+    return validate(RunConfig(model, train))
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise EdvaeError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise EdvaeError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise EdvaeError(f"config file {path} must hold a mapping")
+    return data
+
+
+def _section_of(key: str) -> tuple[str, str]:
+    if "." in key:
+        section, rest = key.split(".", 1)
+        return section, rest
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    if key in model_keys:
+        return "model", key
+    if key in train_keys:
+        return "train", key
+    raise EdvaeError(f"unknown config key {key!r}")
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply `key=value` (YAML value) to a config mapping; keys like train.steps,
+    model.options.clamp_max, or a bare name that belongs to one section."""
+    if "=" not in assignment:
+        raise EdvaeError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    section, rest = _section_of(key.strip())
+    if section not in ("model", "train"):
+        raise EdvaeError(f"unknown config key {key!r} (sections: model, train)")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    target = data.setdefault(section, {}) or {}
+    data[section] = target
+    parts = rest.split(".")
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise EdvaeError(f"config key {key!r}: {part} is not a mapping")
+    target[parts[-1]] = value

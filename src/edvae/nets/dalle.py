@@ -1,0 +1,117 @@
+"""The encoder and decoder of the EdVAE paper, built from DALL-E's dVAE blocks.
+
+Baykal et al., "EdVAE", Pattern Recognition 2024, Appendix D (Table D.4), and the blocks of
+Ramesh et al., "Zero-shot text-to-image generation" (2021): out = id(x) + g * res(x) with
+g = 1 / L^2, L the total number of residual blocks, id a 1x1 conv where channel counts differ.
+
+The paper's Table D.4 reads as if a block's hidden width equals its output width; the authors'
+code uses out/4. Both are offered (`hidden_ratio`), the code's 0.25 by default.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BLOCKS_PER_STAGE = 2
+STAGES = 3
+
+
+def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=(k - 1) // 2)
+
+
+class EncoderBlock(nn.Module):
+    """ReLU-conv3x3 three times, then ReLU-conv1x1; residual scaled by 1/L^2."""
+
+    def __init__(self, cin: int, cout: int, hidden: int, gain: float):
+        super().__init__()
+        self.id_path = _conv(cin, cout, 1) if cin != cout else nn.Identity()
+        self.res_path = nn.Sequential(
+            nn.ReLU(), _conv(cin, hidden, 3),
+            nn.ReLU(), _conv(hidden, hidden, 3),
+            nn.ReLU(), _conv(hidden, hidden, 3),
+            nn.ReLU(), _conv(hidden, cout, 1),
+        )
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.id_path(x) + self.gain * self.res_path(x)
+
+
+class DecoderBlock(nn.Module):
+    """ReLU-conv1x1, then ReLU-conv3x3 three times; residual scaled by 1/L^2."""
+
+    def __init__(self, cin: int, cout: int, hidden: int, gain: float):
+        super().__init__()
+        self.id_path = _conv(cin, cout, 1) if cin != cout else nn.Identity()
+        self.res_path = nn.Sequential(
+            nn.ReLU(), _conv(cin, hidden, 1),
+            nn.ReLU(), _conv(hidden, hidden, 3),
+            nn.ReLU(), _conv(hidden, hidden, 3),
+            nn.ReLU(), _conv(hidden, cout, 3),
+        )
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.id_path(x) + self.gain * self.res_path(x)
+
+
+def _hidden(width: int, ratio: float) -> int:
+    return max(1, int(round(width * ratio)))
+
+
+def _init_weights(module: nn.Module, std: float) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, std)
+            nn.init.zeros_(m.bias)
+
+
+class DalleEncoder(nn.Module):
+    """x (B,C,H,W) -> logits or features (B, out_channels, H/4, W/4)."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 128,
+                 first_kernel: int = 3, hidden_ratio: float = 0.25, init_std: float = 0.02):
+        super().__init__()
+        gain = 1.0 / (STAGES * BLOCKS_PER_STAGE) ** 2
+        layers: list[nn.Module] = [_conv(in_channels, width, first_kernel)]
+        cin = width
+        for stage in range(STAGES):
+            cout = width * 2**stage
+            for _ in range(BLOCKS_PER_STAGE):
+                layers.append(EncoderBlock(cin, cout, _hidden(cout, hidden_ratio), gain))
+                cin = cout
+            if stage < STAGES - 1:
+                layers.append(nn.MaxPool2d(2))
+        layers += [nn.ReLU(), _conv(cin, out_channels, 1)]
+        self.net = nn.Sequential(*layers)
+        self.downsample = 2 ** (STAGES - 1)
+        _init_weights(self, init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class DalleDecoder(nn.Module):
+    """z_q (B,D,h,w) -> x_hat (B, out_channels, 4h, 4w)."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 128,
+                 hidden_ratio: float = 0.25, init_std: float = 0.02):
+        super().__init__()
+        gain = 1.0 / (STAGES * BLOCKS_PER_STAGE) ** 2
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for stage in reversed(range(STAGES)):
+            cout = width * 2**stage
+            for _ in range(BLOCKS_PER_STAGE):
+                layers.append(DecoderBlock(cin, cout, _hidden(cout, hidden_ratio), gain))
+                cin = cout
+            if stage > 0:
+                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        layers += [nn.ReLU(), _conv(cin, out_channels, 1)]
+        self.net = nn.Sequential(*layers)
+        _init_weights(self, init_std)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

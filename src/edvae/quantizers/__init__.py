@@ -1,0 +1,22 @@
+"""Quantizers by name. A new method is one new file and one line here."""
+
+from __future__ import annotations
+
+from .base import Quantizer, QuantizerOutput
+from .evidential import EvidentialQuantizer
+from .gumbel import GumbelQuantizer
+
+QUANTIZERS: dict[str, type[Quantizer]] = {
+    EvidentialQuantizer.name: EvidentialQuantizer,
+    GumbelQuantizer.name: GumbelQuantizer,
+}
+
+__all__ = ["QUANTIZERS", "Quantizer", "QuantizerOutput", "build_quantizer"]
+
+
+def build_quantizer(name: str, codebook_size: int, codebook_dim: int, **options) -> Quantizer:
+    try:
+        cls = QUANTIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(QUANTIZERS))}") from None
+    return cls(codebook_size, codebook_dim, **options)

@@ -1,0 +1,66 @@
+"""The one contract every quantizer keeps, so trainer, evaluator and tokenizer never ask which
+method they hold: z_e (B, C_q, h, w) -> QuantizerOutput."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class QuantizerOutput:
+    z_q: torch.Tensor  # (B, D, h, w), what the decoder reads
+    loss: torch.Tensor  # scalar: the weighted regulariser, added to the reconstruction loss
+    indices: torch.Tensor  # (B, h, w) int64: the codes chosen (sampled in training)
+    probs: torch.Tensor | None  # (B, K, h, w) float32 probabilities over codes, or None
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # scalar tensors to log
+
+
+class Quantizer(nn.Module):
+    """Base class. Subclasses set `name`, `logit_input` and implement forward and codes.
+
+    `logit_input` quantizers (EdVAE, dVAE) read K channels of logits; the others read D channels.
+    Schedules (temperature, beta) are passed in by the caller as functions of the global step:
+    a quantizer keeps no hidden step counter, so a resumed run continues exactly.
+    """
+
+    name: ClassVar[str] = ""
+    logit_input: ClassVar[bool] = True
+    default_beta_max: ClassVar[float] = 0.0  # the paper's upper bound of the beta ramp
+
+    def __init__(self, codebook_size: int, codebook_dim: int):
+        super().__init__()
+        if codebook_size < 2 or codebook_dim < 1:
+            raise ValueError(f"codebook must be at least 2 x 1, got {codebook_size} x {codebook_dim}")
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+
+    @property
+    def input_channels(self) -> int:
+        return self.codebook_size if self.logit_input else self.codebook_dim
+
+    def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
+                beta: float = 0.0) -> QuantizerOutput:
+        raise NotImplementedError
+
+    def codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """Deterministic codes (B, h, w) for tokenizing: the evaluation-time choice."""
+        raise NotImplementedError
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes (B, h, w) -> decoder input (B, D, h, w)."""
+        raise NotImplementedError
+
+
+def one_hot_channels(indices: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, h, w) int64 -> (B, K, h, w) one-hot."""
+    return nn.functional.one_hot(indices, k).permute(0, 3, 1, 2).to(dtype)
+
+
+def gumbel_noise_like(x: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise, -log(-log U), with U kept away from 0 and 1."""
+    u = torch.rand_like(x).clamp_(1e-10, 1.0 - 1e-7)
+    return u.log_().neg_().log_().neg_()

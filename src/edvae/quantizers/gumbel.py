@@ -1,0 +1,29 @@
+"""dVAE: the softmax (Gumbel-softmax) quantizer of DALL-E.
+
+Ramesh et al., "Zero-shot text-to-image generation" (2021); as run in the EdVAE paper:
+training z = softmax((l + g) / tau), z_q = sum_k z_k M_k, evaluation argmax; regulariser
+beta * sum_k p_k log(K p_k) with p = softmax(l): the KL to the uniform prior, per position.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .logit_codebook import LogitCodebookQuantizer
+
+
+class GumbelQuantizer(LogitCodebookQuantizer):
+    name = "dvae"
+    default_beta_max = 5e-5
+
+    def log_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits  # softmax is shift-invariant: the logits are the log-weights
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(1)
+
+    def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
+        log_p = logits.log_softmax(1)
+        return (log_p.exp() * (log_p + math.log(self.codebook_size))).sum(1)

@@ -1,0 +1,80 @@
+"""What EdVAE and dVAE share: K logits per position select rows of a K x D codebook."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Quantizer, QuantizerOutput, gumbel_noise_like, one_hot_channels
+
+EVAL_MODES = ("argmax", "sample")
+
+
+class LogitCodebookQuantizer(Quantizer):
+    """Relaxed one-hot z over K codes (Gumbel-softmax in training), z_q = sum_k z_k M_k.
+
+    Subclasses define `log_weights(logits)` (unnormalised log-probabilities of the categorical),
+    `probabilities(logits)` and `regulariser(logits)` (one KL value per position).
+    """
+
+    logit_input = True
+
+    def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax"):
+        super().__init__(codebook_size, codebook_dim)
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
+        self.eval_mode = eval_mode
+        # the codebook M (K x D), initialised N(0, 1) as in the paper
+        self.codebook = nn.Parameter(torch.randn(codebook_size, codebook_dim))
+
+    def log_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_stats(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _select_logits(self, z_e: torch.Tensor) -> torch.Tensor:
+        if z_e.dim() != 4 or z_e.shape[1] != self.codebook_size:
+            raise ValueError(f"expected logits (B, {self.codebook_size}, h, w), got {tuple(z_e.shape)}")
+        return z_e.float()  # numerics in float32 even under autocast
+
+    def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
+                beta: float = 0.0) -> QuantizerOutput:
+        logits = self._select_logits(z_e)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            if self.training:
+                y = ((self.log_weights(logits) + gumbel_noise_like(logits)) / temperature).softmax(1)
+                indices = y.detach().argmax(1)
+            else:
+                indices = self._eval_codes(logits)
+                y = one_hot_channels(indices, self.codebook_size, logits.dtype)
+            z_q = torch.einsum("bkhw,kd->bdhw", y, self.codebook.float())
+            kl = self.regulariser(logits).mean()
+        return QuantizerOutput(
+            z_q=z_q, loss=beta * kl, indices=indices, probs=None,
+            stats={"kl": kl.detach()},
+        )
+
+    def _eval_codes(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.eval_mode == "sample":
+            return self.sample_codes(logits)
+        return logits.argmax(1)
+
+    def sample_codes(self, logits: torch.Tensor, generator: torch.Generator | None = None):
+        """Codes drawn from Cat(probabilities) (the paper's Algorithm 2)."""
+        p = self.probabilities(logits.float())
+        flat = p.permute(0, 2, 3, 1).reshape(-1, self.codebook_size)
+        drawn = torch.multinomial(flat, 1, generator=generator)
+        return drawn.view(p.shape[0], p.shape[2], p.shape[3])
+
+    def codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        return self._select_logits(z_e).argmax(1)
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.codebook[indices].permute(0, 3, 1, 2)

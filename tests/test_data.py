@@ -1,0 +1,385 @@
+"""Data layer: every source read from small files written here in the official formats."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import struct
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edvae.data import (
+    DATASETS,
+    InMemoryImages,
+    StreamingImages,
+    cifar10,
+    fashion_mnist,
+    load_dataset,
+    to_model_input,
+    to_uint8,
+)
+from edvae.data.download import DownloadError, download, extract_tar
+from edvae.errors import EdvaeError
+
+RNG = np.random.default_rng(0)
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (IDX)
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_fmnist(folder: Path, n: int = 5, gz: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    images = RNG.integers(1, 256, (n, 28, 28), dtype=np.uint8)
+    labels = RNG.integers(0, 10, n, dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        for kind, array, magic in (("images-idx3", images, 2051), ("labels-idx1", labels, 2049)):
+            data = idx_bytes(array, magic)
+            name = f"{prefix}-{kind}-ubyte"
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+    return images, labels
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_gz_and_raw(tmp_path, gz):
+    images, labels = write_fmnist(tmp_path, gz=gz)
+    data = load_dataset("fashion-mnist", "test", root=tmp_path)
+    assert isinstance(data, InMemoryImages)
+    assert data.images.shape == (5, 1, 32, 32) and data.images.dtype == torch.uint8
+    assert torch.equal(data.images[:, 0, 2:30, 2:30], torch.from_numpy(images))
+    border = data.images.clone()
+    border[:, :, 2:30, 2:30] = 0
+    assert border.sum() == 0
+    assert data.labels.dtype == torch.int64 and data.labels.tolist() == labels.tolist()
+    assert data.source == str(tmp_path)
+    assert len(load_dataset("fashion-mnist", root=tmp_path, limit=2)) == 2
+
+
+def test_idx_bad_magic_and_truncated(tmp_path):
+    write_fmnist(tmp_path, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    good = path.read_bytes()
+    path.write_bytes(struct.pack(">I", 2049) + good[4:])
+    with pytest.raises(EdvaeError, match="train-images-idx3-ubyte.*magic"):
+        load_dataset("fashion-mnist", root=tmp_path)
+    path.write_bytes(good[:-10])
+    with pytest.raises(EdvaeError, match="train-images-idx3-ubyte.*truncated"):
+        load_dataset("fashion-mnist", root=tmp_path)
+    path.unlink()
+    gz = tmp_path / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress(good)[:100])  # cut inside the compressed stream
+    with pytest.raises(EdvaeError, match="train-images-idx3-ubyte.gz"):
+        load_dataset("fashion-mnist", root=tmp_path)
+
+
+def test_fmnist_missing_file_or_folder(tmp_path):
+    write_fmnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(EdvaeError, match="t10k-labels-idx1-ubyte"):
+        load_dataset("fashion-mnist", "test", root=tmp_path)
+    with pytest.raises(EdvaeError, match="nope"):
+        load_dataset("fashion-mnist", root=tmp_path / "nope")
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian Fashion-MNIST folder /usr/share/datasets/fashion-mnist absent")
+def test_debian_fashion_mnist():
+    train = load_dataset("fashion-mnist", "train")
+    test = load_dataset("fashion-mnist", "test")
+    assert train.source == "/usr/share/datasets/fashion-mnist"
+    assert (len(train), len(test)) == (60000, 10000)
+    assert train.images.shape[1:] == (1, 32, 32) and test.labels.shape == (10000,)
+    x = train.images[:2000]
+    assert x[:, :, :2].max() == 0 and x[:, :, -2:].max() == 0
+    assert x[:, :, :, :2].max() == 0 and x[:, :, :, -2:].max() == 0
+    assert x.float().mean() > 50  # real images, not zeros
+    assert torch.bincount(train.labels, minlength=10).tolist() == [6000] * 10
+
+
+def test_packaged_subset(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(fashion_mnist, "CACHE_DIR", tmp_path / "no-cache")
+    train = load_dataset("fashion-mnist", "train")
+    test = load_dataset("fashion-mnist", "test")
+    assert train.source == str(fashion_mnist.SUBSET_DIR)
+    assert (len(train), len(test)) == (6000, 1000)
+    assert train.images.shape[1:] == (1, 32, 32) and train.images.float().mean() > 50
+    assert fashion_mnist.fashion_mnist_source() == fashion_mnist.SUBSET_DIR
+
+
+def test_fmnist_download_without_network_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(fashion_mnist, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(fashion_mnist, "URL", "http://127.0.0.1:9/")
+    with pytest.warns(UserWarning, match="cannot download"):
+        data = load_dataset("fashion-mnist", "test", download=True)
+    assert len(data) == 1000 and data.source == str(fashion_mnist.SUBSET_DIR)
+
+
+# ---------------------------------------------------------------- download
+
+
+def test_download_md5(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"hello edvae")
+    dest_dir = tmp_path / "out"
+    with pytest.raises(EdvaeError, match="md5 mismatch"):
+        download(src.as_uri(), dest_dir / "file.bin", "0" * 32)
+    assert list(dest_dir.iterdir()) == []  # neither the file nor a partial one
+    md5 = hashlib.md5(b"hello edvae").hexdigest()
+    assert download(src.as_uri(), dest_dir / "file.bin", md5).read_bytes() == b"hello edvae"
+    with pytest.raises(DownloadError, match="127.0.0.1"):
+        download("http://127.0.0.1:9/x", dest_dir / "x", None)
+    assert sorted(p.name for p in dest_dir.iterdir()) == ["file.bin"]
+
+
+def test_extract_tar_refuses_unsafe_paths(tmp_path):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("../evil.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises(EdvaeError, match="unsafe"):
+        extract_tar(archive, tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+
+def write_cifar(folder: Path, n: int = 2) -> dict[str, tuple[np.ndarray, list[int]]]:
+    folder.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = RNG.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = RNG.integers(0, 10, n).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                         b"filenames": [b"x.png"] * n}, f, protocol=2)
+        batches[name] = data, labels
+    return batches
+
+
+def test_cifar10(tmp_path):
+    batches = write_cifar(tmp_path / "cifar-10-batches-py")
+    for root in (tmp_path, tmp_path / "cifar-10-batches-py"):
+        train = load_dataset("cifar10", "train", root=root)
+        assert train.images.shape == (10, 3, 32, 32) and train.channels == 3
+    test = load_dataset("cifar10", "test", root=tmp_path)
+    data, labels = batches["test_batch"]
+    assert test.labels.tolist() == labels
+    # channel-major rows: 1024 red, then 1024 green, then 1024 blue values, row by row
+    n, c, y, x = 1, 2, 5, 7
+    assert test.images[n, c, y, x] == data[n, c * 1024 + y * 32 + x]
+    first_of_batch_2 = torch.from_numpy(batches["data_batch_2"][0][0]).view(3, 32, 32)
+    assert torch.equal(train.images[2], first_of_batch_2)
+    assert len(load_dataset("cifar10", root=tmp_path, limit=3)) == 3
+
+
+def test_cifar10_bad_files(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder)
+    (folder / "test_batch").write_bytes(b"cos\ngetcwd\n(tR.")  # a pickle calling os.getcwd
+    with pytest.raises(EdvaeError, match="test_batch.*refusing"):
+        load_dataset("cifar10", "test", root=tmp_path)
+    (folder / "test_batch").write_bytes(b"\x80\x02}q\x00")  # truncated
+    with pytest.raises(EdvaeError, match="test_batch"):
+        load_dataset("cifar10", "test", root=tmp_path)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(EdvaeError, match="data_batch_3"):
+        load_dataset("cifar10", "train", root=tmp_path)
+
+
+def test_cifar10_download(tmp_path, monkeypatch):
+    write_cifar(tmp_path / "src" / "cifar-10-batches-py")
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(cifar10, "URL", archive.as_uri())
+    monkeypatch.setattr(cifar10, "MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    data = load_dataset("cifar10", "test", root=tmp_path / "dl", download=True)
+    assert len(data) == 2 and (tmp_path / "dl" / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+# ---------------------------------------------------------------- CelebA
+
+
+def write_celeba(root: Path, partitions=(0, 0, 0, 1, 2, 2)) -> None:
+    images = root / "img_align_celeba"
+    images.mkdir(parents=True)
+    lines = []
+    for i, p in enumerate(partitions, 1):
+        a = np.zeros((218, 178, 3), np.uint8)
+        a[..., 2] = 255  # blue outside the centre crop
+        a[39:179, 19:159] = (255, 0, 0)  # red exactly inside the 140x140 centre crop
+        Image.fromarray(a).save(images / f"{i:06d}.jpg", quality=95)
+        lines.append(f"{i:06d}.jpg {p}")
+    (root / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_celeba(tmp_path):
+    write_celeba(tmp_path)
+    sizes = {s: len(load_dataset("celeba", s, root=tmp_path)) for s in ("train", "valid", "test")}
+    assert sizes == {"train": 3, "valid": 1, "test": 2}
+    train = load_dataset("celeba", "train", root=tmp_path)
+    assert isinstance(train, StreamingImages)
+    x = train.batch(torch.tensor([2, 0]))
+    assert x.shape == (2, 3, 64, 64) and x.dtype == torch.uint8
+    assert x[:, 0].float().mean() > 200 and x[:, 2].float().mean() < 40  # the crop is centred
+    cached = load_dataset("celeba", "train", root=tmp_path, cache_to_memory=True)
+    assert isinstance(cached, InMemoryImages)
+    assert torch.equal(cached.batch(torch.tensor([2, 0])), x)
+    assert load_dataset("celeba", "test", root=tmp_path, size=32, channels=1).batch(
+        torch.tensor([0])).shape == (1, 1, 32, 32)
+
+
+def test_celeba_errors(tmp_path):
+    write_celeba(tmp_path)
+    (tmp_path / "img_align_celeba" / "000002.jpg").unlink()
+    with pytest.raises(EdvaeError, match="000002.jpg"):
+        load_dataset("celeba", root=tmp_path)
+    with pytest.raises(EdvaeError, match="train, valid, test"):
+        load_dataset("celeba", "val", root=tmp_path)
+    (tmp_path / "img_align_celeba" / "000005.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(EdvaeError, match="000005.jpg"):
+        load_dataset("celeba", "test", root=tmp_path).batch(torch.tensor([0]))
+
+
+# ---------------------------------------------------------------- LSUN
+
+
+def encoded(w: int, h: int, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_lsun_lmdb(tmp_path):
+    lmdb = pytest.importorskip("lmdb", reason="lmdb not installed (pip install edvae[lsun])")
+    for name, n, fmt in (("church_outdoor_train_lmdb", 3, "JPEG"),
+                         ("church_outdoor_val_lmdb", 2, "WEBP")):
+        env = lmdb.open(str(tmp_path / name), map_size=1 << 24)
+        with env.begin(write=True) as txn:
+            for i in range(n):
+                txn.put(f"{i:040x}".encode(), encoded(150 + 20 * i, 120, fmt))
+        env.close()
+    train = load_dataset("lsun-church", "train", root=tmp_path, size=32)
+    assert isinstance(train, StreamingImages) and len(train) == 3
+    assert train.batch(torch.tensor([0, 2])).shape == (2, 3, 32, 32)
+    test = load_dataset("lsun-church", "test", root=tmp_path)
+    assert len(test) == 2 and test.batch(torch.tensor([1])).shape == (1, 3, 128, 128)
+    # pointing at the train LMDB itself finds the val LMDB next to it for "test"
+    direct = load_dataset("lsun-church", "test", root=tmp_path / "church_outdoor_train_lmdb")
+    assert direct.source == str(tmp_path / "church_outdoor_val_lmdb")
+    cached = load_dataset("lsun-church", "train", root=tmp_path, size=32, cache_to_memory=True)
+    assert torch.equal(cached.images[[0, 2]], train.batch(torch.tensor([0, 2])))
+
+
+def test_lsun_without_lmdb_package(tmp_path, monkeypatch):
+    db = tmp_path / "church_outdoor_train_lmdb"
+    db.mkdir()
+    (db / "data.mdb").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "lmdb", None)  # makes `import lmdb` fail
+    with pytest.raises(EdvaeError, match="pip install lmdb"):
+        load_dataset("lsun-church", root=tmp_path)
+
+
+def test_lsun_image_folder(tmp_path):
+    for i in range(10):
+        (tmp_path / f"{i}.webp").write_bytes(encoded(160, 130, "WEBP"))
+    train = load_dataset("lsun-church", "train", root=tmp_path, size=16)
+    test = load_dataset("lsun-church", "test", root=tmp_path, size=16)
+    assert (len(train), len(test)) == (9, 1) and train.name == "lsun-church"
+    assert test.batch(torch.tensor([0])).shape == (1, 3, 16, 16)
+
+
+# ---------------------------------------------------------------- folder
+
+
+def test_folder_mixed_sizes_and_channels(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for i in range(20):  # 00..09 in sub/, 10..19 at the top; sorted: sub/... after 1x.png
+        size = (40, 30) if i % 2 else (30, 50)
+        img = Image.new("L", size, 100) if i % 3 else Image.new("RGB", size, (10, 200, 30))
+        img.save(tmp_path / ("sub" if i < 10 else ".") / f"{i:02d}.png")
+    train = load_dataset("folder", "train", root=tmp_path, size=24, channels=3)
+    test = load_dataset("folder", "test", root=tmp_path, size=24, channels=3)
+    assert (len(train), len(test)) == (18, 2)  # every tenth file in sorted order is test
+    assert set(train.items).isdisjoint(test.items)
+    assert [Path(p).relative_to(tmp_path).as_posix() for p in test.items] == [
+        "19.png", "sub/09.png"]
+    x = train.batch(torch.arange(18))
+    assert x.shape == (18, 3, 24, 24)
+    assert x[2, :, 5, 5].tolist() == [10, 200, 30]  # 12.png is flat RGB (10, 200, 30)
+    gray = load_dataset("folder", "train", root=tmp_path, size=24, channels=1)
+    assert gray.batch(torch.tensor([1])).shape == (1, 1, 24, 24)
+    assert gray.batch(torch.tensor([1])).eq(100).all()  # 01.png is a flat grey image
+    with pytest.raises(EdvaeError, match="size="):
+        load_dataset("folder", root=tmp_path)
+
+
+def test_folder_splits_size_inference_and_empty(tmp_path):
+    for split, n in (("train", 3), ("test", 2)):
+        (tmp_path / split).mkdir()
+        for i in range(n):
+            Image.new("L", (20, 20), i * 50).save(tmp_path / split / f"{i}.png")
+    train = load_dataset("folder", "train", root=tmp_path)
+    assert (len(train), train.size, train.channels) == (3, 20, 1)
+    assert len(load_dataset("folder", "test", root=tmp_path)) == 2
+    assert train.batch(torch.tensor([2])).flatten()[0] == 100
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EdvaeError, match="no images"):
+        load_dataset("folder", root=tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- synthetic and common
+
+
+def test_synthetic_deterministic():
+    a = load_dataset("synthetic", seed=3, limit=200)
+    b = load_dataset("synthetic", seed=3, limit=200)
+    c = load_dataset("synthetic", seed=4, limit=200)
+    t = load_dataset("synthetic", "test", seed=3, limit=200)
+    assert a.images.shape == (200, 1, 32, 32) and a.labels.max() < 10
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+    assert not torch.equal(a.images, t.images)
+    assert len(load_dataset("synthetic", "test")) == 2000
+    rgb = load_dataset("synthetic", size=16, channels=3, limit=4)
+    assert rgb.batch(torch.tensor([3, 0])).shape == (2, 3, 16, 16)
+
+
+def test_unknown_name_and_split():
+    with pytest.raises(EdvaeError, match="cifar10, celeba"):
+        load_dataset("mnist")
+    with pytest.raises(EdvaeError, match="train, test"):
+        load_dataset("synthetic", "validation")
+    assert DATASETS == ("fashion-mnist", "cifar10", "celeba", "lsun-church", "folder",
+                        "synthetic")
+
+
+def test_to_model_input_and_devices():
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    y = to_model_input(x)
+    assert y.dtype == torch.float32 and y.min() == -0.5 and y.max() == 0.5
+    assert torch.equal(to_uint8(y), x)
+    with pytest.raises(TypeError):
+        to_model_input(x.float())
+    data = load_dataset("synthetic", limit=8)
+    moved = data.to("meta")
+    assert moved.batch(torch.tensor([0, 1])).device.type == "meta"
+    assert data.device.type == "cpu"  # .to returns a new set
