@@ -57,10 +57,13 @@ def _evidence_terms(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     psi1 = poly.add_(1.0).mul_(w).addcmul_(r0, r0).addcmul_(r1, r1)
     b = torch.lgamma(x).neg_().addcmul_(e, psi)
     # small evidence: e psi(1+e) and lgamma(1+e) cancel to O(e^2); use the Taylor series
+    # (on evidence clamped to the series' range: e^9 overflows float32, and lerp turns a 0
+    # weight on an infinite endpoint into NaN)
+    e_small = e.clamp(max=SMALL_EVIDENCE)
     series = torch.full_like(e, _SERIES[-1])
     for c in reversed(_SERIES[:-1]):
-        series.mul_(e).add_(c)
-    series.mul_(e).mul_(e)
+        series.mul_(e_small).add_(c)
+    series.mul_(e_small).mul_(e_small)
     # torch.where is unvectorised on CPUs; lerp with a 0/1 weight selects exactly and is 4x faster
     b.lerp_(series, (e < SMALL_EVIDENCE).float())
     # large evidence: B(e) - e = 1/2 - ln(2 pi)/2 - ln(x)/2 + 1/(3x) + 1/(12x^2) + 1/(90x^3) - ...
