@@ -34,20 +34,19 @@ class EvidentialQuantizer(LogitCodebookQuantizer):
         return logits.clamp(max=self.clamp_max).exp()
 
     def log_weights(self, logits: torch.Tensor) -> torch.Tensor:
-        e = self.evidence(logits)
         if self.dirichlet_sample and self.training:
             # pi ~ Dir(alpha) through normalised Gamma draws (reparameterised by torch)
-            g = torch._standard_gamma(e + 1.0)
+            g = torch._standard_gamma(self.evidence(logits) + 1.0)
             return g.clamp_min(1e-30).log()
-        # log pi = log alpha - log S; the softmax that follows removes log S
-        return e.log1p()
+        # log pi = log alpha - log S = softplus(z) - log S; the softmax that follows removes log S
+        return torch.nn.functional.softplus(logits.clamp(max=self.clamp_max))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         alpha = self.evidence(logits) + 1.0
         return alpha / alpha.sum(1, keepdim=True)
 
     def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
-        return dirichlet_kl_uniform(self.evidence(logits), dim=1)
+        return dirichlet_kl_uniform(logits.clamp(max=self.clamp_max), dim=1)
 
     def uncertainty(self, logits: torch.Tensor) -> torch.Tensor:
         """Evidential uncertainty u = K / S per position (Sensoy et al. 2018)."""
