@@ -1,0 +1,40 @@
+import pytest
+
+from edvae.config import apply_override, from_dict
+from edvae.errors import EdvaeError
+
+
+def test_defaults_and_method_beta():
+    assert from_dict({"model": {"method": "edvae"}}).train.beta_max == 5e-7
+    assert from_dict({"model": {"method": "dvae"}}).train.beta_max == 5e-5
+    assert from_dict({"model": {"method": "dvae"}, "train": {"beta_max": 1e-3}}).train.beta_max == 1e-3
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"train": {"stepz": 3}}, "unknown config key train.stepz"),
+    ({"optim": {}}, "unknown config section 'optim'"),
+    ({"train": {"steps": 0}}, "train.steps must be positive"),
+    ({"train": {"steps": -5}}, "train.steps must be positive"),
+    ({"train": {"steps": 1.5}}, "train.steps: expected an integer"),
+    ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
+    ({"model": {"method": "vqgan"}}, "unknown method 'vqgan'"),
+    ({"model": {"options": {"clamp": 3}}}, "model.options.clamp"),
+    ({"model": {"method": "dvae", "options": {"clamp_max": 3}}}, "model.options.clamp_max for method dvae"),
+    ({"model": {"channels": 2}}, "model.channels must be 1 or 3"),
+    ({"train": {"device": "tpu"}}, "train.device"),
+])
+def test_bad_values_name_the_key(data, message):
+    with pytest.raises(EdvaeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        from_dict(data)
+
+
+def test_overrides_dotted_bare_and_nested():
+    data = {}
+    for a in ("train.steps=12", "width=8", "model.options.clamp_max=15", "train.data_dir=null"):
+        apply_override(data, a)
+    cfg = from_dict(data)
+    assert cfg.train.steps == 12 and cfg.model.width == 8 and cfg.model.options == {"clamp_max": 15}
+    with pytest.raises(EdvaeError, match="unknown config key 'nope'"):
+        apply_override({}, "nope=1")
+    with pytest.raises(EdvaeError, match="key=value"):
+        apply_override({}, "steps")

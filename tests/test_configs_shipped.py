@@ -1,0 +1,21 @@
+from pathlib import Path
+
+import pytest
+
+from edvae.config import from_dict, load_file
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    cfg = from_dict(load_file(path))
+    if path.name != "fashion-mnist-cpu.yaml":
+        assert cfg.train.steps == 150_000 and cfg.train.batch_size == 128
+        assert (cfg.model.codebook_size, cfg.model.codebook_dim, cfg.model.width) == (512, 16, 128)
+        assert cfg.model.first_kernel == (7 if "lsun" in path.name else 3)
+
+
+def test_packaged_cpu_config_matches_the_repository_copy():
+    packaged = ROOT / "src" / "edvae" / "resources" / "configs" / "fashion-mnist-cpu.yaml"
+    assert packaged.read_text() == (ROOT / "configs" / "fashion-mnist-cpu.yaml").read_text()
