@@ -17,7 +17,8 @@ from typing import Any
 from .checkpoint import atomic_write_text
 from .errors import EdvaeError
 
-COLUMNS = (("perplexity", "perplexity (argmax)", 1.0, 1), ("perplexity_sampled", "perplexity (sampled)", 1.0, 1),
+COLUMNS = (("perplexity", "perplexity (argmax)", 1.0, 1),
+           ("perplexity_sampled", "perplexity (sampled)", 1.0, 1),
            ("used_codes", "used codes", 1.0, 1), ("mse", "MSE x 1e3", 1e3, 2),
            ("mse_sampled", "MSE sampled x 1e3", 1e3, 2), ("entropy_mean", "entropy of pi", 1.0, 2))
 

@@ -60,8 +60,9 @@ class DiscreteVAE(nn.Module):
             raise EdvaeError(f"codes of shape {tuple(indices.shape)} do not fit this model, "
                              f"which takes (N, {h}, {h})")
         indices = indices.to(self.device, torch.int64)
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= k):
-            raise EdvaeError(f"codes must lie in [0, {k - 1}], got {int(indices.min())}..{int(indices.max())}")
+        lo, hi = (int(indices.min()), int(indices.max())) if indices.numel() else (0, 0)
+        if lo < 0 or hi >= k:
+            raise EdvaeError(f"codes must lie in [0, {k - 1}], got {lo}..{hi}")
         return self.decoder(self.quantizer.embed(indices))
 
     @torch.no_grad()
