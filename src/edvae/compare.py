@@ -11,6 +11,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ def run_grid(methods: list[str], seeds: list[int], out: Path, config: str | None
              overrides: list[str], jobs: int, threads: int) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     pending = []
-    for method in methods:
-        for seed in seeds:
+    for seed in seeds:  # seed-major: the methods of one seed run side by side
+        for method in methods:
             run_dir = out / f"{method}-seed{seed}"
             if (run_dir / "eval.json").is_file():
                 continue  # finished earlier: the grid is resumable
@@ -54,8 +55,11 @@ def run_grid(methods: list[str], seeds: list[int], out: Path, config: str | None
             log = open(run_dir.parent / f"{run_dir.name}.log", "w")
             print(f"start {run_dir.name}", flush=True)
             running.append((run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
-        run_dir, proc = running.pop(0)
-        if proc.wait() != 0:
+        while all(proc.poll() is None for _, proc in running):
+            time.sleep(0.5)
+        run_dir, proc = next(r for r in running if r[1].returncode is not None)
+        running.remove((run_dir, proc))
+        if proc.returncode != 0:
             failed.append(run_dir.name)
         print(f"done  {run_dir.name} (exit {proc.returncode})", flush=True)
     if failed:

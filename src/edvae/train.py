@@ -175,6 +175,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     _fit_model_to_data(cfg, train_set)
     torch.manual_seed(t.seed)
     model = DiscreteVAE(cfg.model).to(device)
+    layout = torch.channels_last if t.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     start = 0
     if resume:
@@ -195,7 +197,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     try:
         for step in range(start, t.steps):
             torch.manual_seed(step_seed(t.seed, step))
-            x = to_model_input(train_set.batch(order.indices(step)))
+            x = to_model_input(train_set.batch(order.indices(step))).contiguous(memory_format=layout)
             lr, beta, tau = sched.lr_at(step), sched.beta_at(step), sched.temperature_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
