@@ -4,7 +4,11 @@ import pytest
 import torch
 from torch.distributions import Dirichlet, kl_divergence
 
-from edvae.quantizers.dirichlet_kl import dirichlet_kl_uniform, dirichlet_kl_uniform_reference
+from edvae.quantizers.dirichlet_kl import (
+    dirichlet_kl_uniform,
+    dirichlet_kl_uniform_reference,
+    evidential_log_alpha_and_kl,
+)
 
 K = 512
 CLAMP = 20.0
@@ -105,3 +109,37 @@ def test_bf16_input_is_computed_in_float32():
     kl16 = dirichlet_kl_uniform(z.bfloat16())
     assert kl16.dtype == torch.float32
     torch.testing.assert_close(kl16, dirichlet_kl_uniform(z.bfloat16().float()))
+
+
+def test_fused_log_alpha_and_kl_with_clamp_match_the_textbook_formula():
+    # one function returns log(alpha) and the KL of clamped logits; its gradient through both
+    # outputs (and zero above the clamp) matches autograd of the textbook formula in float64
+    torch.manual_seed(1)
+    z = torch.randn(3, 40, 2, 2) * 8
+    z[0, :3, 0, 0] = torch.tensor([20.0, 24.0, 31.0])
+    w = torch.randn(z.shape)
+    zf = z.clone().requires_grad_()
+    log_alpha, kl = evidential_log_alpha_and_kl(zf, 20.0, dim=1)
+    (0.3 * kl.sum() + (w * log_alpha).sum()).backward()
+    z64 = z.double().requires_grad_()
+    alpha = z64.clamp(max=20.0).exp() + 1
+    ref_kl = dirichlet_kl_uniform_reference(alpha, dim=1)
+    (0.3 * ref_kl.sum() + (w.double() * alpha.log()).sum()).backward()
+    torch.testing.assert_close(log_alpha.double(), alpha.log(), rtol=1e-6, atol=1e-6)
+    assert relative_error(kl, ref_kl).max() < 1e-5
+    torch.testing.assert_close(zf.grad.double(), z64.grad, rtol=1e-4, atol=1e-6)
+    assert zf.grad[0, 1, 0, 0] == 0 and zf.grad[0, 2, 0, 0] == 0  # above the clamp
+
+
+def test_gradient_only_mode_skips_the_value_but_not_the_gradient():
+    torch.manual_seed(2)
+    z = torch.randn(2, 64, 3, 3) * 5
+    grads = []
+    for value in (True, False):
+        zf = z.clone().requires_grad_()
+        log_alpha, kl = evidential_log_alpha_and_kl(zf, 20.0, dim=1, value=value)
+        (kl.mean() + log_alpha.square().mean()).backward()
+        grads.append(zf.grad)
+        if not value:
+            assert torch.equal(kl, torch.zeros(2, 3, 3))
+    assert torch.equal(grads[0], grads[1])

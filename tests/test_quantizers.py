@@ -90,3 +90,23 @@ def test_dirichlet_sample_option_draws_pi_from_dirichlet():
     out = q(z, temperature=1.0, beta=1e-3)
     (out.z_q.sum() + out.loss).backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["edvae", "dvae"])
+def test_reporting_off_keeps_the_gradient_and_skips_only_reports(name):
+    # the trainer turns reporting off between logged steps: the parameters' gradients must be
+    # identical; only the training indices, the stats and the regulariser's value may be skipped
+    grads = []
+    for reporting in (True, False):
+        torch.manual_seed(0)
+        q = build_quantizer(name, 32, 4)
+        z = (torch.randn(2, 32, 3, 3) * 4).requires_grad_()
+        q.reporting = reporting
+        out = q(z, temperature=0.5, beta=0.01)
+        (out.z_q.square().mean() + out.loss).backward()
+        grads.append((z.grad, q.codebook.grad))
+        if reporting:
+            assert out.indices.shape == (2, 3, 3) and "kl" in out.stats
+        else:
+            assert out.indices is None and out.stats == {}
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])

@@ -201,7 +201,10 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
             lr, beta, tau = sched.lr_at(step), sched.beta_at(step), sched.temperature_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            done = step + 1
+            report = done % t.log_every == 0 or done == t.steps
             model.train()
+            model.quantizer.reporting = report
             with autocast_for(device, t.precision):
                 x_hat, q = model(x, temperature=tau, beta=beta)
             mse = F.mse_loss(x_hat.float(), x)
@@ -209,10 +212,9 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            done = step + 1
-            if done % t.log_every == 0 and not math.isfinite(float(loss.detach())):
+            if report and not math.isfinite(float(loss.detach())):
                 raise EdvaeError(f"training diverged at step {done} (loss {float(loss)})")
-            if done % t.log_every == 0 or done == t.steps:
+            if report:
                 row = {"step": done, "loss": float(loss.detach()), "mse": float(mse.detach()),
                        "kl": float(q.stats.get("kl", torch.tensor(0.0))),
                        "batch_perplexity": perplexity(code_counts(q.indices, cfg.model.codebook_size)),
@@ -233,6 +235,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
             if bar is not None:
                 bar.update(1)
     finally:
+        model.quantizer.reporting = True
         log.close()
         if bar is not None:
             bar.close()

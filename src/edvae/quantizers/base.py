@@ -14,7 +14,9 @@ from torch import nn
 class QuantizerOutput:
     z_q: torch.Tensor  # (B, D, h, w), what the decoder reads
     loss: torch.Tensor  # scalar: the weighted regulariser, added to the reconstruction loss
-    indices: torch.Tensor  # (B, h, w) int64: the codes chosen (sampled in training)
+    # (B, h, w) int64: the codes chosen (sampled in training); may be None in a training step
+    # with reporting off
+    indices: torch.Tensor | None
     probs: torch.Tensor | None  # (B, K, h, w) float32 probabilities over codes, or None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # scalar tensors to log
 
@@ -30,6 +32,10 @@ class Quantizer(nn.Module):
     name: ClassVar[str] = ""
     logit_input: ClassVar[bool] = True
     default_beta_max: ClassVar[float] = 0.0  # the paper's upper bound of the beta ramp
+    # The trainer turns this off on steps whose metrics it does not log. A quantizer may then skip
+    # work that only feeds reports: a training step's indices and stats, and the value (never the
+    # gradient) of its regulariser, so `loss` keeps its exact gradient but its value may be 0.
+    reporting: bool = True
 
     def __init__(self, codebook_size: int, codebook_dim: int):
         super().__init__()

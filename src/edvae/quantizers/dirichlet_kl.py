@@ -15,7 +15,11 @@ KL is ~1e4. Three measures keep it accurate to ~1e-6 relative over the whole cla
   linear parts cancel analytically; the others sum A(E) + sum_k B(e_k);
 - A and its derivative are per position (K times fewer values) and are computed in float64.
 The gradient is the closed form dKL/de_j = e_j psi1(1 + e_j) - E psi1(K + E), prepared in the
-forward pass, so the backward pass is two multiplications. torch.digamma and torch.polygamma
+forward pass, so the backward pass is a few fused multiply-adds. EdVAE also needs log(alpha) of
+the same clamped logits (its Gumbel-softmax weights): one autograd function returns both, so the
+clamp, the exponential and their backward passes are shared. A training step whose loss is not
+reported can skip the value and keep the exact gradient (value=False): about half the passes.
+torch.digamma and torch.polygamma
 are slow on CPUs (tens of ms per 2M values): psi and psi1 are evaluated here by a two-step
 recurrence and the asymptotic series, in place. Every pass over the (B, K, h, w) tensor costs
 about a millisecond per 2M values on a CPU, so the code counts passes.
@@ -37,19 +41,15 @@ LARGE_EVIDENCE = 15.0  # from here: asymptotic series of B(e) - e in 1/(1+e) (tr
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def _evidence_terms(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per evidence e >= 0: B(e), B(e) - e and e (e psi1(1 + e) - 1), float32."""
+def _evidence_terms(e: torch.Tensor, value: bool) -> dict[str, torch.Tensor]:
+    """Per evidence e >= 0, float32: always `e_grad` = e (e psi1(1 + e) - 1), `sigmoid` = e / (1 + e)
+    and `log_alpha` = log(1 + e); with `value` also B(e) as `b` and B(e) - e as `b_minus_e`."""
     x = e + 1.0
     r0 = x.reciprocal()
     r1 = (x + 1.0).reciprocal_()
     y = x + 2.0
     w = y.reciprocal()
     w2 = w * w
-    # psi(x) = psi(x + 2) - 1/x - 1/(x + 1);
-    # psi(y) = ln y - 1/(2y) - 1/(12y^2) + 1/(120y^4) - 1/(252y^6) + 1/(240y^8), y >= 3
-    poly = w2 * (1 / 240)
-    poly.sub_(1 / 252).mul_(w2).add_(1 / 120).mul_(w2).sub_(1 / 12).mul_(w2)
-    psi = y.log_().add_(poly).add_(w, alpha=-0.5).sub_(r0).sub_(r1)
     # the gradient needs h(e) = e psi1(1 + e) - 1 (its 1 cancels against the per-position term):
     # psi1(x) = 1/x^2 + 1/(x+1)^2 + 1/y + 1/(2y^2) + 1/(6y^3) - 1/(30y^5) and e/y = 1 - 3/y, so
     # h = e (1/x^2 + 1/(x+1)^2 + 1/(2y^2) + 1/(6y^3) - 1/(30y^5)) - 3/y, no O(1) cancellation
@@ -57,6 +57,15 @@ def _evidence_terms(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     poly = w2 * (-1 / 30)
     poly.add_(1 / 6).mul_(w).add_(0.5).mul_(w2)
     e_grad = poly.addcmul_(r0, r0).addcmul_(r1, r1).mul_(e).add_(w, alpha=-3.0).mul_(e)
+    out = {"e_grad": e_grad, "sigmoid": e * r0}  # d log(alpha) / dz = e / (1 + e)
+    if not value:
+        out["log_alpha"] = x.log_()
+        return out
+    # psi(x) = psi(x + 2) - 1/x - 1/(x + 1);
+    # psi(y) = ln y - 1/(2y) - 1/(12y^2) + 1/(120y^4) - 1/(252y^6) + 1/(240y^8), y >= 3
+    poly = w2 * (1 / 240)
+    poly.sub_(1 / 252).mul_(w2).add_(1 / 120).mul_(w2).sub_(1 / 12).mul_(w2)
+    psi = y.log_().add_(poly).add_(w, alpha=-0.5).sub_(r0).sub_(r1)
     b = torch.lgamma(x).neg_().addcmul_(e, psi)
     # small evidence: e psi(1+e) and lgamma(1+e) cancel to O(e^2); use the Taylor series
     # (on evidence clamped to the series' range, so that no power overflows: lerp turns a 0 weight
@@ -72,16 +81,21 @@ def _evidence_terms(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     tail = r0 * (1 / 252)
     for c in (-1 / 210, -1 / 120, 1 / 90, 1 / 12, 1 / 3):
         tail.mul_(r0).add_(c)
-    tail.mul_(r0).add_(0.5 - _HALF_LOG_2PI).add_(x.log_(), alpha=-0.5)
+    log_alpha = x.log_()
+    tail.mul_(r0).add_(0.5 - _HALF_LOG_2PI).add_(log_alpha, alpha=-0.5)
     large = (e >= LARGE_EVIDENCE).float()
-    b_minus_e = (b - e).lerp_(tail, large)
-    b.lerp_(tail.add_(e), large)
-    return b, b_minus_e, e_grad
+    out["b_minus_e"] = (b - e).lerp_(tail, large)
+    out["b"] = b.lerp_(tail.add_(e), large)
+    out["log_alpha"] = log_alpha
+    return out
 
 
-def _position_terms(total: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A(E) and E psi1(K + E) - 1 per position, in the (float64) dtype of `total`."""
+def _position_terms(total: torch.Tensor, k: int, value: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """A(E) (when `value`) and E psi1(K + E) - 1 per position, in the (float64) dtype of `total`."""
     s = total + k
+    grad_a = total * torch.polygamma(1, s) - 1.0
+    if not value:
+        return None, grad_a
     a = torch.lgamma(s) - math.lgamma(k) - total * torch.digamma(s)
     # for E << K the lgamma difference cancels even in float64: A = -(E^2/2 psi1(K)
     # + E^3/3 psi2(K) + E^4/8 psi3(K)) + O(E^5 / K^5), exact to 1e-10 relative for E < K / 1000
@@ -89,41 +103,71 @@ def _position_terms(total: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     p1, p2, p3 = (torch.polygamma(n, kk) for n in (1, 2, 3))
     series = -(total * total) * (p1 / 2 + total * (p2 / 3 + total * p3 / 8))
     a = torch.where(total < k * 1e-3, series, a)
-    return a, total * torch.polygamma(1, s) - 1.0
+    return a, grad_a
 
 
-class _DirichletKLUniform(torch.autograd.Function):
+class _EvidentialKL(torch.autograd.Function):
+    """logits -> (log alpha, KL per position), alpha = exp(min(logits, clamp_max)) + 1, in one pass
+    over the (B, K, ...) tensor whose backward is three fused multiply-adds."""
+
     @staticmethod
-    def forward(ctx, log_evidence: torch.Tensor, dim: int):
-        e = log_evidence.float().exp()
+    def forward(ctx, logits: torch.Tensor, dim: int, clamp_max: float | None, value: bool):
+        z = logits.float()
+        clamped = None
+        if clamp_max is not None and bool(z.amax() > clamp_max):
+            clamped = z > clamp_max  # evidence is constant there: no gradient
+            z = z.clamp(max=clamp_max)
+        e = z.exp()
         k = e.shape[dim]
-        b, b_minus_e, e_grad = _evidence_terms(e)
+        t = _evidence_terms(e, value)
         wide = torch.float32 if e.device.type == "mps" else torch.float64
         total = e.sum(dim).to(wide)
-        a, grad_a = _position_terms(total, k)
-        form_small = a + b.sum(dim).to(wide)
-        form_large = (a + total) + b_minus_e.sum(dim).to(wide)
-        kl = torch.where(e.amax(dim) >= LARGE_EVIDENCE, form_large, form_small)
+        a, grad_a = _position_terms(total, k, value)
+        if value:
+            form_small = a + t["b"].sum(dim).to(wide)
+            form_large = (a + total) + t["b_minus_e"].sum(dim).to(wide)
+            kl = torch.where(e.amax(dim) >= LARGE_EVIDENCE, form_large, form_small).float()
+        else:  # the caller only wants the gradient (a training step whose loss is not reported)
+            kl = torch.zeros(total.shape, dtype=torch.float32, device=e.device)
         ctx.dim = dim
-        ctx.save_for_backward(e_grad, e, grad_a.float())
-        return kl.float()
+        ctx.save_for_backward(t["e_grad"], e, t["sigmoid"], grad_a.float(), clamped)
+        return t["log_alpha"], kl
 
     @staticmethod
-    def backward(ctx, grad_kl: torch.Tensor):
-        # dKL/dz_j = e_j (e_j psi1(1 + e_j) - E psi1(K + E)), with e = exp(z)
-        e_grad, e, grad_a = ctx.saved_tensors
-        g = grad_kl.unsqueeze(ctx.dim)
-        return (e_grad - e * grad_a.unsqueeze(ctx.dim)).mul_(g), None
+    def backward(ctx, grad_log_alpha: torch.Tensor | None, grad_kl: torch.Tensor | None):
+        # dKL/dz_j = e_j (e_j psi1(1 + e_j) - E psi1(K + E)) and d log(alpha_j)/dz_j = e_j / alpha_j,
+        # with e = exp(z) below the clamp and 0 above it
+        e_grad, e, sigmoid, grad_a, clamped = ctx.saved_tensors
+        grad = torch.zeros_like(e)
+        if grad_kl is not None:
+            grad = torch.addcmul(e_grad, e, grad_a.unsqueeze(ctx.dim), value=-1.0)
+            grad.mul_(grad_kl.unsqueeze(ctx.dim))
+        if grad_log_alpha is not None:
+            grad.addcmul_(grad_log_alpha, sigmoid)
+        if clamped is not None:
+            grad.masked_fill_(clamped, 0.0)
+        return grad, None, None, None
+
+
+def evidential_log_alpha_and_kl(logits: torch.Tensor, clamp_max: float | None = None, dim: int = 1,
+                                value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """log(alpha) (same shape as `logits`) and KL(Dir(alpha) || Dir(1, ..., 1)) per position, with
+    alpha = exp(min(logits, clamp_max)) + 1 along `dim`, float32, differentiable, in one fused pass.
+
+    With value=False the KL returned is zeros, but its gradient is still the exact gradient of the
+    KL: for training steps whose loss is not reported (about half the cost of the value).
+    """
+    if logits.dim() == 0:
+        raise ValueError("logits need at least one dimension (the categories)")
+    return _EvidentialKL.apply(logits, dim, clamp_max, value)
 
 
 def dirichlet_kl_uniform(log_evidence: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """KL(Dir(alpha) || Dir(1, ..., 1)) along `dim` with alpha = exp(log_evidence) + 1.
 
-    One float32 value per position; differentiable. EdVAE passes its clamped logits.
+    One float32 value per position; differentiable.
     """
-    if log_evidence.dim() == 0:
-        raise ValueError("log_evidence needs at least one dimension (the categories)")
-    return _DirichletKLUniform.apply(log_evidence, dim)
+    return evidential_log_alpha_and_kl(log_evidence, None, dim)[1]
 
 
 def dirichlet_kl_uniform_reference(alpha: torch.Tensor, dim: int = -1) -> torch.Tensor:

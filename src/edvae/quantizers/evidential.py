@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .dirichlet_kl import dirichlet_kl_uniform
+from .dirichlet_kl import evidential_log_alpha_and_kl
 from .logit_codebook import LogitCodebookQuantizer
 
 
@@ -46,7 +46,16 @@ class EvidentialQuantizer(LogitCodebookQuantizer):
         return alpha / alpha.sum(1, keepdim=True)
 
     def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
-        return dirichlet_kl_uniform(logits.clamp(max=self.clamp_max), dim=1)
+        return evidential_log_alpha_and_kl(logits, self.clamp_max, dim=1)[1]
+
+    def log_weights_and_regulariser(self, logits: torch.Tensor,
+                                    value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.dirichlet_sample:
+            return self.log_weights(logits), evidential_log_alpha_and_kl(
+                logits, self.clamp_max, dim=1, value=value)[1]
+        # log pi = log alpha - log S; the softmax that follows removes log S. The clamp, the
+        # exponential and their gradients are shared with the KL.
+        return evidential_log_alpha_and_kl(logits, self.clamp_max, dim=1, value=value)
 
     def uncertainty(self, logits: torch.Tensor) -> torch.Tensor:
         """Evidential uncertainty u = K / S per position (Sensoy et al. 2018)."""

@@ -36,8 +36,11 @@ class LogitCodebookQuantizer(Quantizer):
     def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def extra_stats(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {}
+    def log_weights_and_regulariser(self, logits: torch.Tensor,
+                                    value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both at once for training (subclasses may share work between them); with value=False
+        the regulariser's value may be skipped as long as its gradient is exact."""
+        return self.log_weights(logits), self.regulariser(logits)
 
     def _select_logits(self, z_e: torch.Tensor) -> torch.Tensor:
         if z_e.dim() != 4 or z_e.shape[1] != self.codebook_size:
@@ -49,16 +52,18 @@ class LogitCodebookQuantizer(Quantizer):
         logits = self._select_logits(z_e)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             if self.training:
-                y = ((self.log_weights(logits) + gumbel_noise_like(logits)) / temperature).softmax(1)
-                indices = y.detach().argmax(1)
+                log_w, kl = self.log_weights_and_regulariser(logits, value=self.reporting)
+                y = ((log_w + gumbel_noise_like(logits)) / temperature).softmax(1)
+                indices = y.detach().argmax(1) if self.reporting else None
             else:
+                kl = self.regulariser(logits)
                 indices = self._eval_codes(logits)
                 y = one_hot_channels(indices, self.codebook_size, logits.dtype)
             z_q = torch.einsum("bkhw,kd->bdhw", y, self.codebook.float())
-            kl = self.regulariser(logits).mean()
+            kl = kl.mean()
         return QuantizerOutput(
             z_q=z_q, loss=beta * kl, indices=indices, probs=None,
-            stats={"kl": kl.detach()},
+            stats={"kl": kl.detach()} if self.reporting or not self.training else {},
         )
 
     def _eval_codes(self, logits: torch.Tensor) -> torch.Tensor:
