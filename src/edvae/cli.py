@@ -39,7 +39,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    print(json.dumps({k: v for k, v in result.items() if k != "code_counts"}, indent=2))
+    if result is not None:  # None on the other ranks of a data-parallel run
+        print(json.dumps({k: v for k, v in result.items() if k != "code_counts"}, indent=2))
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint
+from . import checkpoint, ddp
 from .config import RunConfig, from_dict
 from .data import ImageSet, load_dataset, to_model_input
 from .errors import EdvaeError
@@ -57,8 +57,9 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext()
 
 
-def step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The RNG seed of one step (and data-parallel rank: each draws its own noise)."""
+    return (seed * 1_000_003 + step * 7_919 + 12_345 + rank * 1_000_000_007) % (2**63 - 1)
 
 
 class BatchOrder:
@@ -170,7 +171,16 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = pick_device(t.device)
+    group, device = ddp.start(pick_device(t.device), t.batch_size)
+    try:
+        return _train(cfg, out, resume, progress and group.main, evaluate_at_end, group, device)
+    finally:
+        ddp.stop(group)
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, evaluate_at_end: bool,
+           group: ddp.Group, device: torch.device) -> dict[str, Any] | None:
+    t = cfg.train
     train_set, test_set = load_splits(cfg, device)
     _fit_model_to_data(cfg, train_set)
     torch.manual_seed(t.seed)
@@ -181,12 +191,13 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     start = 0
     if resume:
         start = checkpoint.load_state(out / checkpoint.STATE_FILE, model, optimizer)
-    else:
+    elif group.main:
         checkpoint.atomic_write_text(out / checkpoint.CONFIG_FILE, cfg.to_json())
+    net = ddp.wrap(model, group, device)
     sched = Schedules(t.steps, t.schedule_steps, t.lr, t.lr_min, t.lr_anneal_steps, t.beta_max,
                       t.beta_ramp_steps, t.temperature_decay, t.temperature_min)
     order = BatchOrder(len(train_set), t.batch_size, t.seed)
-    log = MetricsLog(out, start)
+    log = MetricsLog(out, start) if group.main else None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -196,28 +207,33 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     config = cfg.to_dict()
     try:
         for step in range(start, t.steps):
-            torch.manual_seed(step_seed(t.seed, step))
-            x = to_model_input(train_set.batch(order.indices(step))).contiguous(memory_format=layout)
+            torch.manual_seed(step_seed(t.seed, step, group.rank))
+            x = train_set.batch(group.shard(order.indices(step)))
+            x = to_model_input(x).contiguous(memory_format=layout)
             lr, beta, tau = sched.lr_at(step), sched.beta_at(step), sched.temperature_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
             done = step + 1
             report = done % t.log_every == 0 or done == t.steps
             model.train()
             model.quantizer.reporting = report
             with autocast_for(device, t.precision):
-                x_hat, q = model(x, temperature=tau, beta=beta)
+                x_hat, q = net(x, temperature=tau, beta=beta)
             mse = F.mse_loss(x_hat.float(), x)
             loss = mse + q.loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if report and not math.isfinite(float(loss.detach())):
-                raise EdvaeError(f"training diverged at step {done} (loss {float(loss)})")
             if report:
-                row = {"step": done, "loss": float(loss.detach()), "mse": float(mse.detach()),
-                       "kl": float(q.stats.get("kl", torch.tensor(0.0))),
-                       "batch_perplexity": perplexity(code_counts(q.indices, cfg.model.codebook_size)),
+                # means over the global batch, and its code counts, from every rank
+                kl = q.stats.get("kl", torch.zeros((), device=device))
+                means = group.sum_(torch.stack([loss.detach(), mse.detach(), kl.float()])) / group.world
+                counts = group.sum_(code_counts(q.indices, cfg.model.codebook_size))
+                if not math.isfinite(float(means[0])):
+                    raise EdvaeError(f"training diverged at step {done} (loss {float(means[0])})")
+            if report and group.main:
+                row = {"step": done, "loss": float(means[0]), "mse": float(means[1]), "kl": float(means[2]),
+                       "batch_perplexity": perplexity(counts),
                        "temperature": tau, "beta": beta, "lr": lr,
                        "seconds": round(time.perf_counter() - began, 2)}
                 if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
@@ -230,15 +246,18 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
                     bar.set_postfix(loss=f"{row['loss']:.4f}", mse=f"{row['mse']:.4f}",
                                     ppl=f"{row['batch_perplexity']:.1f}", tau=f"{tau:.3f}",
                                     beta=f"{beta:.1e}", refresh=False)
-            if t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.steps:
+            if group.main and t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.steps:
                 checkpoint.save_state(out / checkpoint.STATE_FILE, model, optimizer, done, config)
             if bar is not None:
                 bar.update(1)
     finally:
         model.quantizer.reporting = True
-        log.close()
+        if log is not None:
+            log.close()
         if bar is not None:
             bar.close()
+    if not group.main:
+        return None
     if start < t.steps or not (out / checkpoint.MODEL_FILE).exists():
         checkpoint.save_state(out / checkpoint.STATE_FILE, model, optimizer, t.steps, config)
         checkpoint.save_model(out / checkpoint.MODEL_FILE, model, config)
