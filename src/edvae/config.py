@@ -17,12 +17,17 @@ import yaml
 from .errors import EdvaeError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+ARCHITECTURES = ("dalle", "vqvae")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
 class ModelConfig:
     method: str = "edvae"
+    # encoder/decoder: dalle (EdVAE paper, Appendix D: nets/dalle.py) or vqvae (van den Oord et al.
+    # 2017, for the VQ baselines: nets/vqvae.py, hidden channels = width, residual hidden = width x
+    # hidden_ratio; first_kernel and init_std apply to dalle only)
+    architecture: str = "dalle"
     channels: int = 3
     image_size: int = 32
     codebook_size: int = 512
@@ -150,6 +155,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise EdvaeError(f"config key train.beta_max must be >= 0, got {t.beta_max}")
     if m.eval_mode not in ("argmax", "sample"):
         raise EdvaeError(f"config key model.eval_mode must be argmax or sample, got {m.eval_mode!r}")
+    if m.architecture not in ARCHITECTURES:
+        raise EdvaeError(f"config key model.architecture must be one of {ARCHITECTURES}, "
+                         f"got {m.architecture!r}")
     if m.channels not in (1, 3):
         raise EdvaeError(f"config key model.channels must be 1 or 3, got {m.channels}")
     if m.image_size % 4:

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .config import ModelConfig, from_dict
+from .config import ARCHITECTURES, ModelConfig, from_dict
 from .errors import EdvaeError
 from .nets.dalle import DalleDecoder, DalleEncoder
+from .nets.vqvae import VqvaeDecoder, VqvaeEncoder
 from .quantizers import QuantizerOutput, build_quantizer
 
 
@@ -20,10 +21,22 @@ class DiscreteVAE(nn.Module):
         self.config = config
         self.quantizer = build_quantizer(config.method, config.codebook_size, config.codebook_dim,
                                          eval_mode=config.eval_mode, **config.options)
-        self.encoder = DalleEncoder(config.channels, self.quantizer.input_channels, config.width,
-                                    config.first_kernel, config.hidden_ratio, config.init_std)
-        self.decoder = DalleDecoder(config.codebook_dim, config.channels, config.width,
-                                    config.hidden_ratio, config.init_std)
+        if config.architecture == "dalle":
+            self.encoder = DalleEncoder(config.channels, self.quantizer.input_channels, config.width,
+                                        config.first_kernel, config.hidden_ratio, config.init_std)
+            self.decoder = DalleDecoder(config.codebook_dim, config.channels, config.width,
+                                        config.hidden_ratio, config.init_std)
+        elif config.architecture == "vqvae":
+            # residual hidden = width x hidden_ratio: 128 x 0.25 = 32, the sonnet example's value
+            res_hidden = max(1, round(config.width * config.hidden_ratio))
+            self.encoder = VqvaeEncoder(config.channels, self.quantizer.input_channels, config.width,
+                                        res_hidden)
+            self.decoder = VqvaeDecoder(config.codebook_dim, config.channels, config.width, res_hidden)
+        else:
+            raise EdvaeError(f"config key model.architecture must be one of {ARCHITECTURES}, "
+                             f"got {config.architecture!r}")
+        if hasattr(self.quantizer, "pixels_per_image"):  # SQ-VAE's per-image loss terms (sq.py)
+            self.quantizer.pixels_per_image = config.channels * config.image_size ** 2
 
     @property
     def latent_size(self) -> int:

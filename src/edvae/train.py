@@ -98,14 +98,15 @@ def _fit_model_to_data(cfg: RunConfig, data: ImageSet) -> None:
 class MetricsLog:
     """metrics.jsonl and metrics.csv always; TensorBoard when it is installed."""
 
-    def __init__(self, run_dir: Path, start_step: int):
+    def __init__(self, run_dir: Path, start_step: int, fields: tuple[str, ...] = CSV_FIELDS):
+        self.fields = fields
         self.jsonl = run_dir / METRICS_JSONL
         self.csv = run_dir / METRICS_CSV
         if start_step > 0:
             self._truncate(start_step)
         new_csv = not self.csv.exists()
         self._csv_file = open(self.csv, "a", newline="")
-        self._csv = csv.DictWriter(self._csv_file, CSV_FIELDS, extrasaction="ignore")
+        self._csv = csv.DictWriter(self._csv_file, self.fields, extrasaction="ignore")
         if new_csv:
             self._csv.writeheader()
         self._jsonl_file = open(self.jsonl, "a")
@@ -127,7 +128,7 @@ class MetricsLog:
             with open(self.csv, newline="") as f:
                 rows = list(csv.DictReader(f))
             with open(self.csv, "w", newline="") as f:
-                w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+                w = csv.DictWriter(f, self.fields, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(r for r in rows if int(r["step"]) <= step)
 
@@ -220,7 +221,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, evaluate_at_
             with autocast_for(device, t.precision):
                 x_hat, q = net(x, temperature=tau, beta=beta)
             mse = F.mse_loss(x_hat.float(), x)
-            loss = mse + q.loss
+            loss = model.quantizer.reconstruction_loss(x_hat, x) + q.loss  # MSE unless overridden
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -5,10 +5,14 @@ from __future__ import annotations
 from .base import Quantizer, QuantizerOutput
 from .evidential import EvidentialQuantizer
 from .gumbel import GumbelQuantizer
+from .gumbel_vq import GumbelVQQuantizer
+from .sq import SQQuantizer
 
 QUANTIZERS: dict[str, type[Quantizer]] = {
     EvidentialQuantizer.name: EvidentialQuantizer,
     GumbelQuantizer.name: GumbelQuantizer,
+    GumbelVQQuantizer.name: GumbelVQQuantizer,
+    SQQuantizer.name: SQQuantizer,
 }
 
 __all__ = ["QUANTIZERS", "Quantizer", "QuantizerOutput", "build_quantizer"]

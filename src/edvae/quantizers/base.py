@@ -60,6 +60,12 @@ class Quantizer(nn.Module):
         """Codes (B, h, w) -> decoder input (B, D, h, w)."""
         raise NotImplementedError
 
+    def reconstruction_loss(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction term of the training loss (the trainer adds `out.loss` to it):
+        the per-pixel MSE in float32. A method whose objective has another likelihood term
+        (SQ-VAE's 'arelbo') overrides this."""
+        return nn.functional.mse_loss(x_hat.float(), x.float())
+
 
 def one_hot_channels(indices: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
     """(B, h, w) int64 -> (B, K, h, w) one-hot."""

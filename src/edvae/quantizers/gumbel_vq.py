@@ -1,0 +1,118 @@
+"""GS-VQ-VAE: vector quantization relaxed by Gumbel-softmax over distance logits.
+
+Sonderby, Poole, Mnih, "Continuous relaxation training of discrete latent variable image models"
+(2017), as run in the EdVAE paper (Baykal et al. 2024, Appendix D; baselines.md):
+- logits l_k = -||z_e - e_k||^2 per position (z_e has D channels), q = softmax(l);
+- training y = softmax((l + g) / tau) with Gumbel noise g, z_q = sum_k y_k e_k: soft, no
+  straight-through;
+- regulariser beta * sum_k q_k log(K q_k), the KL to the uniform prior, averaged over positions;
+  beta ramped to 5e-6 (EdVAE paper, Appendix D);
+- evaluation: argmax of l (the nearest codeword), or a draw from Cat(q) (option `eval_mode`).
+The temperatures of the original paper were not verified; the trainer's EdVAE schedule is used.
+Distances, softmax and the KL are computed in float32 even under autocast.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .base import Quantizer, QuantizerOutput, gumbel_noise_like, one_hot_channels
+
+EVAL_MODES = ("argmax", "sample")
+
+
+class GumbelVQQuantizer(Quantizer):
+    """Distance logits over a K x D codebook, relaxed one-hot in training, hard at evaluation.
+
+    Subclasses (SQ-VAE) change `logits` and `latent_loss` only.
+    """
+
+    name = "gs-vq"
+    logit_input = False
+    default_beta_max = 5e-6  # EdVAE paper, Appendix D: all datasets
+
+    def __init__(self, codebook_size: int, codebook_dim: int,
+                 eval_mode: str = "argmax"):  # argmax: baselines.md ("Test: argmax")
+        super().__init__(codebook_size, codebook_dim)
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
+        self.eval_mode = eval_mode
+        # the codebook (K x D), initialised N(0, 1) as for every non-EMA method (protocol.md)
+        self.codebook = nn.Parameter(torch.randn(codebook_size, codebook_dim))
+
+    def _features(self, z_e: torch.Tensor) -> torch.Tensor:
+        if z_e.dim() != 4 or z_e.shape[1] != self.codebook_dim:
+            raise ValueError(f"expected features (B, {self.codebook_dim}, h, w), got {tuple(z_e.shape)}")
+        return z_e.float()  # numerics in float32 even under autocast
+
+    def distances(self, z: torch.Tensor) -> torch.Tensor:
+        """Squared distances ||z - e_k||^2, (B, D, h, w) -> (B, K, h, w), float32.
+
+        Expanded as ||z||^2 - 2 z.e_k + ||e_k||^2 (a (B, K, D, h, w) difference would not fit);
+        the rounding of the expansion can go a little below 0, hence the clamp.
+        """
+        e = self.codebook.float()
+        cross = torch.einsum("bdhw,kd->bkhw", z, e)
+        d = (z * z).sum(1, keepdim=True) - 2.0 * cross + (e * e).sum(1).view(1, -1, 1, 1)
+        return d.clamp_min(0.0)
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return -self.distances(z)
+
+    def probabilities(self, z_e: torch.Tensor) -> torch.Tensor:
+        """q = softmax(logits) over codes, (B, K, h, w) float32."""
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            return self.logits(self._features(z_e)).softmax(1)
+
+    def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
+        """sum_k q_k log(K q_k) per position, (B, h, w)."""
+        log_q = logits.log_softmax(1)
+        return (log_q.exp() * (log_q + math.log(self.codebook_size))).sum(1)
+
+    def latent_loss(self, z: torch.Tensor, z_q: torch.Tensor, logits: torch.Tensor,
+                    beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss added to the reconstruction term, and its stats."""
+        kl = self.regulariser(logits).mean()
+        return beta * kl, {"kl": kl.detach()}
+
+    def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
+                beta: float = 0.0) -> QuantizerOutput:
+        z = self._features(z_e)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            logits = self.logits(z)
+            if self.training:
+                y = ((logits + gumbel_noise_like(logits)) / temperature).softmax(1)
+                indices = y.detach().argmax(1) if self.reporting else None
+            else:
+                indices = self._eval_codes(logits)
+                y = one_hot_channels(indices, self.codebook_size, logits.dtype)
+            z_q = torch.einsum("bkhw,kd->bdhw", y, self.codebook.float())
+            loss, stats = self.latent_loss(z, z_q, logits, beta)
+        return QuantizerOutput(z_q=z_q, loss=loss, indices=indices, probs=None,
+                               stats=stats if self.reporting or not self.training else {})
+
+    def _eval_codes(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.eval_mode == "sample":
+            return self._draw(logits.softmax(1), None)
+        return logits.argmax(1)
+
+    def _draw(self, p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        flat = p.permute(0, 2, 3, 1).reshape(-1, self.codebook_size)
+        drawn = torch.multinomial(flat, 1, generator=generator)
+        return drawn.view(p.shape[0], p.shape[2], p.shape[3])
+
+    def sample_codes(self, z_e: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Codes drawn from Cat(q), (B, h, w) int64."""
+        return self._draw(self.probabilities(z_e), generator)
+
+    def codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """The nearest codeword (argmax of the logits), (B, h, w) int64."""
+        z = self._features(z_e)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.logits(z).argmax(1)
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.codebook[indices].permute(0, 3, 1, 2)
