@@ -21,6 +21,9 @@ def test_defaults_and_method_beta():
     ({"model": {"options": {"clamp": 3}}}, "model.options.clamp"),
     ({"model": {"method": "dvae", "options": {"clamp_max": 3}}}, "model.options.clamp_max for method dvae"),
     ({"model": {"channels": 2}}, "model.channels must be 1 or 3"),
+    ({"model": {"options": {"clamp_max": 100}}}, "clamp_max must be in (0, 80]"),
+    ({"model": {"method": "vq-ste++", "options": {"dead_after": -1}}}, "option dead_after must be"),
+    ({"model": {"method": "vq-ema", "eval_mode": "sample"}}, "eval_mode must be 'argmax' for vq-ema"),
     ({"train": {"device": "tpu"}}, "train.device"),
 ])
 def test_bad_values_name_the_key(data, message):

@@ -149,6 +149,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         if key not in accepted:
             raise EdvaeError(f"unknown config key model.options.{key} for method {m.method} "
                              f"(known: {', '.join(sorted(accepted)) or 'none'})")
+    try:  # the quantizer checks its own option values (a small codebook keeps this cheap)
+        QUANTIZERS[m.method](m.codebook_size, 2, eval_mode=m.eval_mode, **m.options)
+    except (ValueError, TypeError) as e:
+        raise EdvaeError(f"config key model.options / model.eval_mode for method {m.method}: {e}") from None
     if t.beta_max is None:
         t.beta_max = QUANTIZERS[m.method].default_beta_max
     if t.beta_max < 0:

@@ -7,12 +7,16 @@ from .evidential import EvidentialQuantizer
 from .gumbel import GumbelQuantizer
 from .gumbel_vq import GumbelVQQuantizer
 from .sq import SQQuantizer
+from .vq_ema import EMAVQQuantizer
+from .vq_ste import STEVQQuantizer
 
 QUANTIZERS: dict[str, type[Quantizer]] = {
     EvidentialQuantizer.name: EvidentialQuantizer,
     GumbelQuantizer.name: GumbelQuantizer,
     GumbelVQQuantizer.name: GumbelVQQuantizer,
     SQQuantizer.name: SQQuantizer,
+    EMAVQQuantizer.name: EMAVQQuantizer,
+    STEVQQuantizer.name: STEVQQuantizer,
 }
 
 __all__ = ["QUANTIZERS", "Quantizer", "QuantizerOutput", "build_quantizer"]

@@ -1,0 +1,217 @@
+"""VQ-STE++: vector quantization with a straightened straight-through estimator.
+
+Huh, Cheung, Agrawal, Isola, "Straightening out the straight-through estimator: overcoming
+optimization challenges in vector quantized networks" (ICML 2023), and the authors' library
+vqtorch (github.com/minyoungg/vqtorch), whose settings the EdVAE paper says it used (Appendix D:
+"we use the proposed architectures and hyperparameters"). See shared/papers/baselines.md.
+The paper's own text was not at hand: defaults come from the authors' README example
+(VectorQuant(beta=0.98, kmeans_init=True, affine_lr=10.0, sync_nu=0.2, replace_freq=20)) and
+its autoencoder example (commitment loss weight alpha = 10).
+
+z_e has D channels; each position takes its nearest (effective) codeword in float32. Then:
+- Commitment loss with split b (the paper's improved, two-sided commitment):
+      loss = commitment * ((1 - b) mean||z - sg(z_q)||^2 + b mean||sg(z) - z_q||^2),
+  means over positions and channels. The codebook is a Parameter trained by the optimizer
+  through this loss (and the synchronized update). The trainer's `beta` is not used.
+- Synchronized update: z_out = z + sg(z_q - z) + nu z_q - sg(nu z_q): the same forward value as
+  plain straight-through; the encoder gets the task gradient unchanged and the chosen codewords
+  get nu times it too (sync_nu, 0 = off).
+- Affine reparameterization: the codebook in use is c'_k = (1 + lambda s_g) * c_k + lambda b_g
+  for code k in group g (groups are contiguous blocks of K / G codes, as vqtorch's
+  AffineTransform); s and b are learned (G, D) Parameters initialised at 0, so c' = c at
+  initialisation; lambda = affine_lr. affine_groups = 0 turns it off.
+- Alternated optimization (inner_lr > 0): an inner step on the codebook before the outer step.
+  Choice: inside the training forward pass, before the graph is built, one plain gradient step
+  c <- c - inner_lr * grad_c mean||c'_k(i) - sg(z_i)||^2 (mean over positions and channels of the
+  global batch), with the assignments of this step kept (vqtorch's in-place variant makes the
+  same assumption). The step on code k moves it 2 inner_lr n_k / (N D) of the way to the mean of
+  its N_k vectors, so useful values scale with N D (vqtorch's experimental in-place optimizer used
+  SGD lr 50, momentum 0.9). Off by default: vqtorch lists it as experimental.
+- Dead-code replacement (dead_after > 0): a code unused for `dead_after` consecutive training
+  steps (counter in the buffer `unused_steps`) is reset to a random encoder output of the current
+  (global) batch plus noise dead_noise * ||v|| * N(0, I) (vqtorch's ReplaceLRU 'input_random'
+  policy). It is done before this step's graph is built; the codes it replaces were unused in this
+  step, so this step's assignments stand.
+- K-means initialisation (kmeans_init_iters > 0): on the first training forward pass the codebook
+  is set by Lloyd iterations on that batch's encoder outputs, from distinct random rows (rows
+  are drawn with replacement when the batch has fewer than K positions, so some codes start
+  equal; dead-code replacement separates them). The buffer `kmeans_done` records it, so a resumed
+  or loaded model never re-initialises. vqtorch uses a K-means++ start; a random start is used here.
+- Data parallel: counts and sums are summed over ranks; the K-means data and the dead-code
+  candidates are the global batch (gathered in rank order); random draws are made on rank 0 and
+  broadcast (distributed.py). Every replica holds the same codebook, the one a single process
+  would compute on the global batch with rank 0's random stream.
+- The Adam moments of a code reset by K-means or dead-code replacement are kept (as vqtorch).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..distributed import all_gather_cat, all_reduce_sum_, broadcast_, rank
+from .base import QuantizerOutput
+from .nearest import (
+    NearestCodewordQuantizer,
+    check_option,
+    cluster_stats,
+    flatten,
+    is_int,
+    is_real,
+    lloyd,
+    nearest,
+    random_rows,
+    unflatten,
+)
+
+
+class STEVQQuantizer(NearestCodewordQuantizer):
+    name = "vq-ste++"
+    default_beta_max = 0.0  # no KL term: the trainer's beta is ignored
+
+    def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
+                 commitment: float = 10.0,  # overall weight: alpha = 10 in vqtorch examples/simple.py
+                 commitment_split: float = 0.98,  # b: vqtorch README (beta=0.98); its code's default 0.95
+                 sync_nu: float = 0.2,  # nu: vqtorch README; the paper's range 0.01-2 (baselines.md)
+                 affine_groups: int = 1,  # G: vqtorch's default (one group); 0 = off
+                 affine_lr: float = 10.0,  # lambda: vqtorch README (affine_lr=10.0)
+                 inner_lr: float = 0.0,  # alternated optimization; off: experimental in vqtorch
+                 dead_after: int = 20,  # vqtorch README (replace_freq=20); 0 = off
+                 dead_noise: float = 0.01,  # rho: vqtorch's VectorQuant (lru_replacement rho=0.01)
+                 kmeans_init_iters: int = 10):  # vqtorch README (kmeans_init=True); 10 Lloyd steps: ours
+        super().__init__(codebook_size, codebook_dim, eval_mode)
+        k, d = codebook_size, codebook_dim
+        check_option("commitment", commitment, is_real(commitment) and commitment >= 0, ">= 0")
+        check_option("commitment_split", commitment_split,
+                     is_real(commitment_split) and 0 <= commitment_split <= 1, "in [0, 1]")
+        check_option("sync_nu", sync_nu, is_real(sync_nu) and sync_nu >= 0, ">= 0 (0 = off)")
+        check_option("affine_groups", affine_groups,
+                     is_int(affine_groups) and affine_groups >= 0 and k % max(affine_groups, 1) == 0,
+                     f"an integer >= 0 (0 = off) that divides the codebook size {k}")
+        check_option("affine_lr", affine_lr, is_real(affine_lr) and affine_lr > 0,
+                     "> 0 (turn the affine off with affine_groups=0)")
+        check_option("inner_lr", inner_lr, is_real(inner_lr) and inner_lr >= 0, ">= 0 (0 = off)")
+        for name, value in (("dead_after", dead_after), ("kmeans_init_iters", kmeans_init_iters)):
+            check_option(name, value, is_int(value) and value >= 0, "an integer >= 0 (0 = off)")
+        check_option("dead_noise", dead_noise, is_real(dead_noise) and dead_noise >= 0, ">= 0")
+        self.commitment, self.commitment_split = float(commitment), float(commitment_split)
+        self.sync_nu, self.affine_groups, self.affine_lr = float(sync_nu), affine_groups, float(affine_lr)
+        self.inner_lr, self.dead_after, self.dead_noise = float(inner_lr), dead_after, float(dead_noise)
+        self.kmeans_init_iters = kmeans_init_iters
+        # the codebook, initialised N(0, 1) as for every non-EMA method (protocol.md)
+        self.codebook = nn.Parameter(torch.randn(k, d))
+        if affine_groups:
+            self.affine_scale = nn.Parameter(torch.zeros(affine_groups, d))  # s, init 0
+            self.affine_shift = nn.Parameter(torch.zeros(affine_groups, d))  # b, init 0
+        self.register_buffer("unused_steps", torch.zeros(k, dtype=torch.int64))
+        self.register_buffer("kmeans_done", torch.zeros((), dtype=torch.int64))
+
+    # ------------------------------------------------------------------ the codebook in use
+
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-code scale and shift (K, D): 1 + lambda s_g and lambda b_g of each code's group."""
+        per_group = self.codebook_size // self.affine_groups
+        scale = (1.0 + self.affine_lr * self.affine_scale.float()).repeat_interleave(per_group, 0)
+        shift = (self.affine_lr * self.affine_shift.float()).repeat_interleave(per_group, 0)
+        return scale, shift
+
+    def effective_codebook(self) -> torch.Tensor:
+        """c' (K, D) in float32: the affine reparameterization of the codebook, when it is on."""
+        c = self.codebook.float()
+        if not self.affine_groups:
+            return c
+        scale, shift = self._affine()
+        return c * scale + shift
+
+    @torch.no_grad()
+    def _set_codes(self, codes: torch.Tensor, values: torch.Tensor) -> None:
+        """Make the effective codewords `codes` equal `values` (inverting the affine map)."""
+        if self.affine_groups:
+            scale, shift = self._affine()
+            s = scale[codes]
+            s = torch.where(s.abs() < 1e-6, torch.full_like(s, 1e-6), s)  # a degenerate group
+            values = (values - shift[codes]) / s
+        self.codebook[codes] = values.to(self.codebook.dtype)
+
+    # ------------------------------------------------------------------ in-forward codebook updates
+
+    @torch.no_grad()
+    def _kmeans_init(self, flat: torch.Tensor) -> None:
+        points = all_gather_cat(flat)  # the global batch, in rank order
+        centroids = torch.empty(self.codebook_size, self.codebook_dim, device=flat.device)
+        if rank() == 0:  # random start drawn on rank 0, result broadcast
+            centroids.copy_(lloyd(points, random_rows(points, self.codebook_size), self.kmeans_init_iters))
+        broadcast_(centroids)
+        self._set_codes(torch.arange(self.codebook_size, device=flat.device), centroids)
+        self.kmeans_done.fill_(1)
+
+    @torch.no_grad()
+    def _inner_step(self, counts: torch.Tensor, sums: torch.Tensor, current: torch.Tensor) -> None:
+        """c <- c - inner_lr * grad_c of mean ||c'_k(i) - z_i||^2 over the global batch."""
+        n = counts.sum() * self.codebook_dim  # number of terms in the mean
+        grad = 2.0 * (counts[:, None] * current - sums) / n  # w.r.t. the effective codewords
+        if self.affine_groups:
+            grad = grad * self._affine()[0]  # chain rule to the raw codebook
+        self.codebook.sub_(self.inner_lr * grad.to(self.codebook.dtype))
+
+    @torch.no_grad()
+    def _replace_dead(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
+        self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
+        dead = (self.unused_steps >= self.dead_after).nonzero().squeeze(1)
+        n = dead.numel()  # identical on every rank: the counts are summed over ranks
+        if n == 0:
+            return
+        candidates = all_gather_cat(flat)
+        values = torch.empty(n, self.codebook_dim, device=flat.device)
+        if rank() == 0:  # the random choice is rank 0's, broadcast
+            v = random_rows(candidates, n)
+            if self.dead_noise > 0:
+                v = v + self.dead_noise * v.norm(dim=1, keepdim=True) * torch.randn_like(v)
+            values.copy_(v)
+        broadcast_(values)
+        self._set_codes(dead, values)
+        self.unused_steps[dead] = 0
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
+                beta: float = 0.0) -> QuantizerOutput:
+        """temperature and beta are not used (a deterministic quantizer without KL term)."""
+        z = self._features(z_e)
+        b, _, h, w = z.shape
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = flatten(z)
+            if self.training:
+                # every in-place change of the codebook happens here, before the graph uses it
+                if self.kmeans_init_iters and not bool(self.kmeans_done):
+                    self._kmeans_init(flat.detach())
+                with torch.no_grad():
+                    current = self.effective_codebook()
+                    indices = nearest(flat, current)
+                    if self.inner_lr or self.dead_after:
+                        counts, sums = cluster_stats(flat, indices, self.codebook_size)
+                        all_reduce_sum_(counts)
+                        all_reduce_sum_(sums)
+                        if self.inner_lr:
+                            self._inner_step(counts, sums, current)
+                        if self.dead_after:
+                            self._replace_dead(flat, counts)
+                codebook = self.effective_codebook()
+            else:
+                codebook = self.effective_codebook()
+                indices = nearest(flat.detach(), codebook.detach())
+            e = codebook[indices]
+            sq_err = (flat.detach() - e.detach()).pow(2).mean()
+            split = self.commitment_split
+            loss = self.commitment * ((1.0 - split) * (flat - e.detach()).pow(2).mean()
+                                      + split * (flat.detach() - e).pow(2).mean())
+            if torch.is_grad_enabled():
+                z_q = flat + (e - flat).detach()
+                if self.sync_nu:
+                    sync = self.sync_nu * e
+                    z_q = z_q + (sync - sync.detach())  # exactly 0 forward: the value is unchanged
+            else:
+                z_q = e
+        stats = {"commitment": sq_err} if self.reporting or not self.training else {}
+        return QuantizerOutput(z_q=unflatten(z_q, b, h, w), loss=loss, indices=indices.view(b, h, w),
+                               probs=None, stats=stats)
