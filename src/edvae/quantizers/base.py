@@ -72,6 +72,17 @@ def one_hot_channels(indices: torch.Tensor, k: int, dtype: torch.dtype) -> torch
     return nn.functional.one_hot(indices, k).permute(0, 3, 1, 2).to(dtype)
 
 
+# exp(-87) is just above float32's smallest normal number (exp(-87.3))
+LOG_PROB_FLOOR = -87.0
+
+
+def probs_from_log(log_p: torch.Tensor) -> torch.Tensor:
+    """exp(log_p) with log_p floored at -87. On CPUs, exp takes a scalar slow path (about 100x
+    slower) for results below the smallest normal float, which peaked softmaxes produce by the
+    million; probabilities that small (< 2e-38) change no sum they enter."""
+    return log_p.clamp_min(LOG_PROB_FLOOR).exp()
+
+
 def gumbel_noise_like(x: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise, -log(-log U), with U kept away from 0 and 1."""
     u = torch.rand_like(x).clamp_(1e-10, 1.0 - 1e-7)

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from .base import probs_from_log
 from .logit_codebook import LogitCodebookQuantizer
 
 
@@ -26,4 +27,4 @@ class GumbelQuantizer(LogitCodebookQuantizer):
 
     def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
         log_p = logits.log_softmax(1)
-        return (log_p.exp() * (log_p + math.log(self.codebook_size))).sum(1)
+        return (probs_from_log(log_p) * (log_p + math.log(self.codebook_size))).sum(1)

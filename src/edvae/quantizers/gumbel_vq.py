@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput, gumbel_noise_like, one_hot_channels
+from .base import Quantizer, QuantizerOutput, gumbel_noise_like, one_hot_channels, probs_from_log
 
 EVAL_MODES = ("argmax", "sample")
 
@@ -70,7 +70,7 @@ class GumbelVQQuantizer(Quantizer):
     def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
         """sum_k q_k log(K q_k) per position, (B, h, w)."""
         log_q = logits.log_softmax(1)
-        return (log_q.exp() * (log_q + math.log(self.codebook_size))).sum(1)
+        return (probs_from_log(log_q) * (log_q + math.log(self.codebook_size))).sum(1)
 
     def latent_loss(self, z: torch.Tensor, z_q: torch.Tensor, logits: torch.Tensor,
                     beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -34,6 +34,7 @@ import math
 
 import torch
 
+from .base import probs_from_log
 from .gumbel_vq import GumbelVQQuantizer
 
 RECONSTRUCTIONS = ("arelbo", "mse")
@@ -70,7 +71,7 @@ class SQQuantizer(GumbelVQQuantizer):
                     beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = z.shape[0]
         log_q = logits.log_softmax(1)
-        neg_entropy = (log_q.exp() * log_q).sum() / batch  # per image: codes and positions
+        neg_entropy = (probs_from_log(log_q) * log_q).sum() / batch  # per image: codes and positions
         distance = (z - z_q).pow(2).sum() / (2.0 * self.variance()) / batch  # per image
         loss = (neg_entropy + distance) / (self.pixels_per_image or 1)
         return loss, {"kl": loss.detach(), "neg_entropy": neg_entropy.detach(),
