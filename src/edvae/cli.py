@@ -1,4 +1,4 @@
-"""The `edvae` command line: train | eval | encode | decode | compare | demo."""
+"""The `edvae` command line: train | eval | encode | decode | compare | demo | prior | sample | fid."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import EdvaeError
+from .quantizers import QUANTIZERS
 
 DEFAULT_CPU_CONFIG = "fashion-mnist-cpu.yaml"
 
@@ -92,13 +93,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_compare(args)
 
 
+def cmd_prior_train(args: argparse.Namespace) -> int:
+    from .prior.train_prior import train_prior
+
+    out = args.out or str(Path(args.run_dir) / "prior")
+    result = train_prior(args.run_dir, out, overrides=args.set or [], preset=args.preset,
+                         resume=args.resume, codes_cache=args.codes_cache, progress=not args.no_progress,
+                         device=args.device, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .prior.sample import sample_run
+
+    info = sample_run(args.run_dir, args.n, prior_dir=args.prior, out=args.out,
+                      temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                      batch_size=args.batch_size, device=args.device)
+    print(f"wrote {info['n']} samples to {info['images']} and a grid to {info['grid']}")
+    return 0
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from .checkpoint import atomic_write_text
+    from .fid import measure
+
+    result = measure(run_dir=args.run, samples=args.samples, reconstructions=args.reconstructions,
+                     reference=args.reference, split=args.split, limit=args.limit, features=args.features,
+                     inception_weights=args.inception_weights, classifier=args.classifier,
+                     classifier_steps=args.classifier_steps, batch_size=args.batch_size,
+                     device=args.device, log=lambda m: print(m, file=sys.stderr))
+    text = json.dumps(result, indent=2)
+    if args.output:
+        atomic_write_text(Path(args.output), text + "\n")
+    print(text)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edvae", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a discrete VAE (then evaluate it on the test split)")
     t.add_argument("--config", help="YAML file with sections model and train")
-    t.add_argument("--method", help="quantizer: edvae, dvae")
+    t.add_argument("--method", help="quantizer: " + ", ".join(sorted(QUANTIZERS)))
     t.add_argument("--dataset", help="fashion-mnist, cifar10, celeba, lsun-church, folder, synthetic")
     t.add_argument("--data-dir", dest="data_dir")
     t.add_argument("--steps", type=int)
@@ -146,6 +194,57 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--jobs", type=int, default=2, help="runs trained at once")
         c.add_argument("--threads", type=int, default=1, help="CPU threads per run")
         c.set_defaults(func=cmd_demo if name == "demo" else cmd_compare)
+
+    pr = sub.add_parser("prior", help="the learned prior over a run's code maps (PixelSNAIL)")
+    prs = pr.add_subparsers(dest="prior_command", required=True)
+    pt = prs.add_parser("train", help="encode the run's splits once (cached), fit PixelSNAIL, report "
+                                      "test bits per code beside the uniform and unigram baselines")
+    pt.add_argument("run_dir")
+    pt.add_argument("--out", help="prior folder (new unless --resume); default RUN_DIR/prior")
+    pt.add_argument("--preset", default="auto", help="auto (by map size), 8x8, 16x16, 32x32")
+    pt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="model.channels, model.blocks, model.res_blocks, model.dropout, train.steps, "
+                         "train.batch_size, train.lr, train.seed, ... (see docs/prior.md)")
+    pt.add_argument("--codes-cache", dest="codes_cache", help="folder for the cached code maps; "
+                    "default the prior folder")
+    pt.add_argument("--device", help="auto, cpu, cuda, mps (default: the config's, auto)")
+    pt.add_argument("--resume", action="store_true", help="continue the prior in --out exactly")
+    pt.add_argument("--no-progress", action="store_true")
+    pt.set_defaults(func=cmd_prior_train)
+
+    sa = sub.add_parser("sample", help="ancestral samples from a run's prior, decoded to PNGs")
+    sa.add_argument("run_dir")
+    sa.add_argument("-n", type=int, required=True, help="number of samples")
+    sa.add_argument("--prior", help="prior folder; default RUN_DIR/prior")
+    sa.add_argument("--out", help="output folder (new); default PRIOR/samples-n..-t..-k..-seed..")
+    sa.add_argument("--temperature", type=float, default=1.0)
+    sa.add_argument("--top-k", dest="top_k", type=int, default=0, help="0 = the full distribution")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=64)
+    sa.add_argument("--device", default="auto")
+    sa.set_defaults(func=cmd_sample)
+
+    f = sub.add_parser("fid", help="FID (InceptionV3 via torch-fidelity) or FD_edvae-classifier "
+                                   "of samples or reconstructions against a data split or folder")
+    f.add_argument("--run", help="run folder: its dataset is the reference, its model reconstructs")
+    f.add_argument("--samples", help="folder of generated images (e.g. SAMPLES/images)")
+    f.add_argument("--reconstructions", action="store_true",
+                   help="measure the run's reconstructions of the reference split instead of samples")
+    f.add_argument("--reference", help="folder of reference images instead of the run's split")
+    f.add_argument("--split", default="test", help="the run's split used as reference (train, test)")
+    f.add_argument("--limit", type=int, help="use the first N reference images")
+    f.add_argument("--features", default="inception", choices=["inception", "classifier"],
+                   help="inception: FID, comparable with the paper (needs edvae[fid]); classifier: "
+                        "FD_edvae-classifier, no downloaded weights, NOT comparable with FID")
+    f.add_argument("--inception-weights", dest="inception_weights",
+                   help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth, to run offline")
+    f.add_argument("--classifier", help="classifier file (.safetensors); trained on the run's dataset "
+                                        "and saved there if missing (default ~/.cache/edvae/fd-classifier)")
+    f.add_argument("--classifier-steps", dest="classifier_steps", type=_positive_int, default=1500)
+    f.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=100)
+    f.add_argument("--device", default="auto")
+    f.add_argument("-o", "--output", help="also write the result to this JSON file")
+    f.set_defaults(func=cmd_fid)
     return p
 
 

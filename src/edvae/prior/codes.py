@@ -1,0 +1,136 @@
+"""Code maps of a run's data splits, encoded once and cached as safetensors.
+
+A cache file holds one int16 (int32 for K > 32768) tensor `codes` of shape (N, h, w). Its metadata
+records the SHA-256 of the model file that produced it, the split and the number of images. The
+cache is reused only when all three still match. The prior therefore never trains on the codes of
+another model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from .. import checkpoint
+from ..config import RunConfig, from_dict
+from ..data import ImageSet, load_dataset
+from ..errors import EdvaeError
+from ..model import DiscreteVAE
+
+CODES_FORMAT = "edvae-codes-1"
+
+
+def codes_file(folder: str | Path, split: str) -> Path:
+    return Path(folder) / f"codes-{split}.safetensors"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_model_file(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EdvaeError(f"run folder not found: {run_dir}")
+    path = run_dir / checkpoint.MODEL_FILE
+    if not path.is_file():
+        raise EdvaeError(f"{run_dir} is not a finished run ({checkpoint.MODEL_FILE} missing)")
+    return path
+
+
+def run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / checkpoint.CONFIG_FILE
+    if not path.is_file():
+        raise EdvaeError(f"{run_dir} has no {checkpoint.CONFIG_FILE}")
+    try:
+        return from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise EdvaeError(f"{path} is not valid JSON: {exc}") from None
+
+
+def load_split(cfg: RunConfig, split: str, device: torch.device | str = "cpu") -> ImageSet:
+    """One split of a run's dataset, loaded as the VAE trainer loads it (same size and limits)."""
+    t = cfg.train
+    size = cfg.model.image_size if t.dataset in ("celeba", "lsun-church", "folder", "synthetic") else None
+    limit = t.limit_train if split == "train" else t.limit_test
+    data = load_dataset(t.dataset, split, root=t.data_dir, download=t.download, seed=t.seed, size=size,
+                        limit=limit)
+    return data.to(device)
+
+
+@torch.no_grad()
+def encode_images(model: DiscreteVAE, data: ImageSet, batch_size: int = 256) -> torch.Tensor:
+    """Code maps of every image of `data`, (N, h, w) int64 on the CPU."""
+    model.eval()
+    torch.manual_seed(0)  # a quantizer that samples at evaluation (eval_mode=sample) draws the same codes
+    out = []
+    for start in range(0, len(data), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(data)))
+        out.append(model.encode(data.batch(idx)).cpu())
+    return torch.cat(out)
+
+
+def _read_cache(path: Path) -> tuple[torch.Tensor, dict[str, str]] | None:
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        codes = load_file(str(path))["codes"]
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None  # unreadable: encode again and replace it
+    if meta.get("format") != CODES_FORMAT:
+        return None
+    return codes, meta
+
+
+def cached_codes(run_dir: str | Path, cache_dir: str | Path, split: str, *,
+                 model: DiscreteVAE | None = None, cfg: RunConfig | None = None,
+                 device: torch.device | str = "cpu", batch_size: int = 256,
+                 log=print) -> torch.Tensor:
+    """The code maps of `split` of the run's dataset, from the cache in `cache_dir` when it was made
+    by this run's model file, else encoded now and cached. Returns int16/int32 (N, h, w) on the CPU."""
+    model_file = run_model_file(run_dir)
+    sha = file_sha256(model_file)
+    path = codes_file(cache_dir, split)
+    cfg = cfg or run_config(run_dir)
+    hit = _read_cache(path)
+    if hit is not None:
+        codes, meta = hit
+        if meta.get("model_sha256") == sha and meta.get("split") == split:
+            return codes
+        log(f"{path}: made by another model or split; encoding again")
+    model = model or DiscreteVAE.load(run_dir, device)
+    data = load_split(cfg, split, model.device)
+    log(f"encoding the {split} split of {cfg.train.dataset} ({len(data)} images) to code maps")
+    codes = encode_images(model, data, batch_size)
+    k = model.config.codebook_size
+    codes = codes.to(torch.int16 if k <= 32768 else torch.int32)
+    meta: dict[str, Any] = {"format": CODES_FORMAT, "model_sha256": sha, "split": split,
+                            "dataset": cfg.train.dataset, "n": str(codes.shape[0]),
+                            "codebook_size": str(k), "run": str(run_dir)}
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    checkpoint._atomic_save({"codes": codes}, path, {k_: str(v) for k_, v in meta.items()})
+    return codes
+
+
+def unigram_bits(train_codes: torch.Tensor, test_codes: torch.Tensor, codebook_size: int,
+                 smoothing: float = 1.0) -> tuple[float, float]:
+    """The unigram baseline: (cross-entropy in bits per code of the test codes under the training
+    histogram with add-`smoothing` counts, entropy in bits of that training histogram)."""
+    counts = torch.bincount(train_codes.reshape(-1).long(), minlength=codebook_size).double() + smoothing
+    p = counts / counts.sum()
+    logp = p.log2()
+    test = torch.bincount(test_codes.reshape(-1).long(), minlength=codebook_size).double()
+    cross = float(-(test * logp).sum() / test.sum().clamp_min(1))
+    return cross, float(-(p * logp).sum())

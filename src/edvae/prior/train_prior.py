@@ -1,0 +1,307 @@
+"""Fit a PixelSNAIL prior (Chen et al. 2018) to the code maps of a trained run, as the EdVAE paper
+does before measuring FID (Section 5.2.5), and report its test negative log-likelihood in bits per
+code beside two baselines: uniform (log2 K) and unigram (the training-set code histogram).
+
+The training loop mirrors the VAE trainer (train.py). Batch `step` is a slice of a permutation seeded
+by (seed, epoch), and the global RNG (dropout) is reseeded by (seed, step). A checkpoint therefore
+holds only the parameters, Adam's moments and the step, and a resumed fit ends exactly where an
+uninterrupted one does.
+
+A prior folder holds:
+- config.json (model, train, source);
+- checkpoint.safetensors and prior.safetensors;
+- metrics.jsonl and metrics.csv;
+- codes-train.safetensors and codes-test.safetensors, unless another cache folder is given;
+- prior_eval.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from .. import checkpoint
+from ..config import DEVICES, PRECISIONS, _build
+from ..errors import EdvaeError
+from ..model import DiscreteVAE
+from ..schedules import cosine_anneal
+from .codes import cached_codes, file_sha256, run_config, run_model_file, unigram_bits
+from .pixelsnail import PRESETS, PixelSNAIL, PixelSNAILConfig, preset_for
+
+PRIOR_FILE = "prior.safetensors"
+EVAL_FILE = "prior_eval.json"
+KIND = "pixelsnail-prior"
+PRESET_NAMES = {f"{s}x{s}": s for s in PRESETS}
+PRIOR_FIELDS = ("step", "bits_per_code", "test_bits_per_code", "lr", "seconds")
+
+
+@dataclass
+class PriorTrainConfig:
+    steps: int = 20_000  # edvae's default budget; the paper gives none for its prior
+    batch_size: int = 32  # rosinality/vq-vae-2-pytorch's PixelSNAIL batch
+    lr: float = 3e-4  # rosinality/vq-vae-2-pytorch's PixelSNAIL learning rate (Adam)
+    lr_min: float = 0.0  # cosine annealing lr -> lr_min over `steps` (edvae's choice)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # bf16 autocast where the device supports it; attention stays float32
+    threads: int = 0  # CPU threads; 0 leaves torch's default
+    log_every: int = 50
+    eval_every: int = 0  # test bits per code on `eval_subset` maps during training; 0 = at the end only
+    eval_subset: int = 2048
+    eval_batch_size: int = 256
+    checkpoint_every: int = 1000  # 0 = only at the end
+
+
+@dataclass
+class PriorRunConfig:
+    model: PixelSNAILConfig = field(default_factory=PixelSNAILConfig)
+    train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
+    source: dict[str, Any] = field(default_factory=dict)  # run, model_sha256, dataset
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, "model": dataclasses.asdict(self.model),
+                "train": dataclasses.asdict(self.train), "source": dict(self.source)}
+
+
+def prior_config_from_dict(data: dict[str, Any]) -> PriorRunConfig:
+    unknown = sorted(set(data) - {"kind", "model", "train", "source"})
+    if unknown:
+        raise EdvaeError(f"unknown prior config section {unknown[0]!r} (known: model, train)")
+    model = _build(PixelSNAILConfig, "model", data.get("model") or {})
+    train = _build(PriorTrainConfig, "train", data.get("train") or {})
+    if train.device not in DEVICES:
+        raise EdvaeError(f"config key train.device must be one of {DEVICES}, got {train.device!r}")
+    if train.precision not in PRECISIONS:
+        raise EdvaeError(f"config key train.precision must be one of {PRECISIONS}, got {train.precision!r}")
+    for key in ("size", "blocks", "heads"):
+        if getattr(model, key) < 1:
+            raise EdvaeError(f"config key model.{key} must be positive, got {getattr(model, key)}")
+    for key in ("res_blocks", "embed_dim"):
+        if getattr(model, key) < 0:
+            raise EdvaeError(f"config key model.{key} must be >= 0, got {getattr(model, key)}")
+    if not 0.0 <= model.dropout < 1.0:
+        raise EdvaeError(f"config key model.dropout must lie in [0, 1), got {model.dropout}")
+    if model.channels % model.heads:
+        raise EdvaeError(f"config key model.heads ({model.heads}) must divide model.channels "
+                         f"({model.channels})")
+    return PriorRunConfig(model, train, dict(data.get("source") or {}))
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, dict[str, Any]]:
+    """`model.channels=64`, `train.steps=500` (YAML values) -> {"model": {...}, "train": {...}}."""
+    out: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    for a in assignments:
+        if "=" not in a:
+            raise EdvaeError(f"--set expects section.key=value, got {a!r}")
+        key, raw = a.split("=", 1)
+        section, _, name = key.strip().partition(".")
+        if section not in out or not name:
+            raise EdvaeError(f"unknown prior config key {key!r} (use model.KEY or train.KEY)")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[section][name] = value
+    return out
+
+
+def build_prior_config(vae: DiscreteVAE, overrides: list[str] | None = None,
+                       preset: str = "auto") -> PriorRunConfig:
+    """Codebook size and map size from the VAE, the rest from the preset and the overrides."""
+    k, size = vae.config.codebook_size, vae.latent_size
+    if preset != "auto" and preset not in PRESET_NAMES:
+        raise EdvaeError(f"unknown prior preset {preset!r} (auto, {', '.join(PRESET_NAMES)})")
+    model = preset_for(size if preset == "auto" else PRESET_NAMES[preset])
+    given = parse_overrides(overrides or [])
+    for key, value in (("codebook_size", k), ("size", size)):
+        if key in given["model"] and given["model"][key] != value:
+            raise EdvaeError(f"model.{key} is set by the run's VAE ({value}), got {given['model'][key]}")
+    model.update(given["model"])
+    model.update(codebook_size=k, size=size)
+    return prior_config_from_dict({"model": model, "train": given["train"]})
+
+
+def _prepare_out(out: Path, resume: bool) -> PriorRunConfig | None:
+    if resume:
+        if not (out / checkpoint.CONFIG_FILE).is_file():
+            raise EdvaeError(f"--resume: no prior to resume in {out} ({checkpoint.CONFIG_FILE} missing)")
+        data = json.loads((out / checkpoint.CONFIG_FILE).read_text())
+        if data.get("kind") != KIND:
+            raise EdvaeError(f"{out} does not hold a prior (kind {data.get('kind')!r})")
+        return prior_config_from_dict(data)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EdvaeError(f"--out {out} already holds files; pick a new folder or pass --resume")
+    return None
+
+
+def check_code_maps(codes: torch.Tensor, cfg: PixelSNAILConfig, what: str) -> None:
+    s, k = cfg.size, cfg.codebook_size
+    if codes.dim() != 3 or tuple(codes.shape[1:]) != (s, s):
+        raise EdvaeError(f"{what}: code maps of shape {tuple(codes.shape)}, the prior takes (N, {s}, {s})")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k):
+        raise EdvaeError(f"{what}: codes {int(codes.min())}..{int(codes.max())} outside [0, {k - 1}]")
+
+
+@torch.no_grad()
+def code_bits(prior: PixelSNAIL, codes: torch.Tensor, batch_size: int = 256,
+              limit: int | None = None) -> float:
+    """Mean -log2 p(code) over every position of the first `limit` code maps (teacher forcing)."""
+    prior.check_codes(codes)
+    was_training = prior.training
+    prior.eval()
+    device = next(prior.parameters()).device
+    n = len(codes) if limit is None else min(limit, len(codes))
+    total = 0.0
+    for start in range(0, n, batch_size):
+        x = codes[start:min(start + batch_size, n)].to(device).long()
+        total += float(prior.nll_bits(x).double().sum())
+    prior.train(was_training)
+    return total / (n * codes.shape[1] * codes.shape[2])
+
+
+def evaluate_prior(prior: PixelSNAIL, train_codes: torch.Tensor, test_codes: torch.Tensor,
+                   batch_size: int = 256) -> dict[str, Any]:
+    k, s = prior.config.codebook_size, prior.config.size
+    bits = code_bits(prior, test_codes, batch_size)
+    unigram, unigram_entropy = unigram_bits(train_codes, test_codes, k)
+    return {
+        "bits_per_code": bits,  # test negative log-likelihood per code
+        "uniform_bits_per_code": math.log2(k),
+        "unigram_bits_per_code": unigram,  # test codes under the training histogram (add-one)
+        "unigram_train_entropy_bits": unigram_entropy,
+        "bits_per_map": bits * s * s,
+        "nats_per_code": bits * math.log(2),
+        "codebook_size": k,
+        "map_size": s,
+        "n_test_maps": int(test_codes.shape[0]),
+        "n_train_maps": int(train_codes.shape[0]),
+        "used_codes_train": int(torch.unique(train_codes).numel()),
+    }
+
+
+def train_prior(run_dir: str | Path, out: str | Path, overrides: list[str] | None = None,
+                preset: str = "auto", resume: bool = False, codes_cache: str | Path | None = None,
+                progress: bool = True, device: str | None = None, log=print) -> dict[str, Any]:
+    """Fit (or resume) the prior of `run_dir` in `out`; returns the test evaluation."""
+    from ..train import BatchOrder, MetricsLog, autocast_for, pick_device, step_seed
+
+    run_dir, out = Path(run_dir), Path(out)
+    model_file = run_model_file(run_dir)
+    stored = _prepare_out(out, resume)
+    vae_cfg = run_config(run_dir)
+    vae = DiscreteVAE.load(run_dir, "cpu")
+    sha = file_sha256(model_file)
+    if stored is not None:
+        cfg = stored
+        if cfg.source.get("model_sha256") != sha:
+            raise EdvaeError(f"the prior in {out} was fitted to another model than {model_file}")
+    else:
+        cfg = build_prior_config(vae, overrides, preset)
+        cfg.source = {"run": str(run_dir), "model_sha256": sha, "dataset": vae_cfg.train.dataset,
+                      "method": vae_cfg.model.method}
+    if device is not None:  # a device given now wins over the stored one (resuming elsewhere)
+        cfg.train.device = device
+    t = cfg.train
+    dev = pick_device(t.device)
+    vae = vae.to(dev)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    if stored is None:
+        checkpoint.atomic_write_text(out / checkpoint.CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2))
+    cache = Path(codes_cache) if codes_cache is not None else out
+    train_codes = cached_codes(run_dir, cache, "train", model=vae, cfg=vae_cfg, device=dev, log=log)
+    test_codes = cached_codes(run_dir, cache, "test", model=vae, cfg=vae_cfg, device=dev, log=log)
+    del vae
+    check_code_maps(train_codes, cfg.model, "training codes")
+    check_code_maps(test_codes, cfg.model, "test codes")
+
+    torch.manual_seed(t.seed)
+    prior = PixelSNAIL(cfg.model).to(dev)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=t.lr)
+    state = out / checkpoint.STATE_FILE
+    start = checkpoint.load_state(state, prior, optimizer) if resume and state.is_file() else 0
+    order = BatchOrder(len(train_codes), t.batch_size, t.seed)
+    data = train_codes.to(dev)
+    metrics = MetricsLog(out, start, PRIOR_FIELDS)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t.steps, initial=start, desc="prior", dynamic_ncols=True)
+    config = cfg.to_dict()
+    began = time.perf_counter()
+    try:
+        for step in range(start, t.steps):
+            torch.manual_seed(step_seed(t.seed, step))
+            x = data[order.indices(step).to(dev)].long()
+            lr = cosine_anneal(step, t.steps, t.lr, t.lr_min)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            prior.train()
+            with autocast_for(dev, t.precision):
+                logits = prior(x)
+            loss = F.cross_entropy(logits.float(), x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done = step + 1
+            if done % t.log_every == 0 or done == t.steps:
+                bits = float(loss.detach()) / math.log(2)
+                if not math.isfinite(bits):
+                    raise EdvaeError(f"prior training diverged at step {done} (loss {bits})")
+                row = {"step": done, "bits_per_code": bits, "lr": lr,
+                       "seconds": round(time.perf_counter() - began, 2)}
+                if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+                    row["test_bits_per_code"] = code_bits(prior, test_codes, t.eval_batch_size, t.eval_subset)
+                metrics.write(row)
+                if bar is not None:
+                    bar.set_postfix(bits=f"{bits:.3f}", refresh=False)
+            if t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.steps:
+                checkpoint.save_state(state, prior, optimizer, done, config)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        metrics.close()
+        if bar is not None:
+            bar.close()
+    if start < t.steps or not (out / PRIOR_FILE).exists():
+        checkpoint.save_state(state, prior, optimizer, t.steps, config)
+        checkpoint.save_model(out / PRIOR_FILE, prior, config)
+    result = evaluate_prior(prior, train_codes, test_codes, t.eval_batch_size)
+    checkpoint.atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=2))
+    return result
+
+
+def load_prior(prior_dir: str | Path,
+               device: str | torch.device = "cpu") -> tuple[PixelSNAIL, PriorRunConfig]:
+    """A fitted prior (folder or prior.safetensors) and its config."""
+    path = Path(prior_dir)
+    if path.is_dir():
+        path = path / PRIOR_FILE
+    if not path.is_file():
+        raise EdvaeError(f"prior not found: {path} (fit one with `edvae prior train`)")
+    tensors, data = checkpoint.load_model_tensors(path)
+    if data.get("kind") != KIND:
+        raise EdvaeError(f"{path} is not a PixelSNAIL prior (kind {data.get('kind')!r})")
+    cfg = prior_config_from_dict(data)
+    prior = PixelSNAIL(cfg.model)
+    try:
+        prior.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise EdvaeError(f"{path} does not fit its own config: {exc}") from None
+    return prior.to(device).eval(), cfg
