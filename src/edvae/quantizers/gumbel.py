@@ -7,12 +7,10 @@ beta * sum_k p_k log(K p_k) with p = softmax(l): the KL to the uniform prior, pe
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .base import probs_from_log
 from .logit_codebook import LogitCodebookQuantizer
+from .softmax_kl import softmax_kl_uniform
 
 
 class GumbelQuantizer(LogitCodebookQuantizer):
@@ -26,5 +24,4 @@ class GumbelQuantizer(LogitCodebookQuantizer):
         return logits.softmax(1)
 
     def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
-        log_p = logits.log_softmax(1)
-        return (probs_from_log(log_p) * (log_p + math.log(self.codebook_size))).sum(1)
+        return softmax_kl_uniform(logits, dim=1)

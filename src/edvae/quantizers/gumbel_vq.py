@@ -14,12 +14,11 @@ Distances, softmax and the KL are computed in float32 even under autocast.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput, gumbel_noise_like, one_hot_channels, probs_from_log
+from .base import Quantizer, QuantizerOutput, gumbel_noise_like, one_hot_channels
+from .softmax_kl import softmax_kl_uniform
 
 EVAL_MODES = ("argmax", "sample")
 
@@ -69,8 +68,7 @@ class GumbelVQQuantizer(Quantizer):
 
     def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
         """sum_k q_k log(K q_k) per position, (B, h, w)."""
-        log_q = logits.log_softmax(1)
-        return (probs_from_log(log_q) * (log_q + math.log(self.codebook_size))).sum(1)
+        return softmax_kl_uniform(logits, dim=1)
 
     def latent_loss(self, z: torch.Tensor, z_q: torch.Tensor, logits: torch.Tensor,
                     beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -34,8 +34,8 @@ import math
 
 import torch
 
-from .base import probs_from_log
 from .gumbel_vq import GumbelVQQuantizer
+from .softmax_kl import softmax_kl_uniform
 
 RECONSTRUCTIONS = ("arelbo", "mse")
 
@@ -70,8 +70,9 @@ class SQQuantizer(GumbelVQQuantizer):
     def latent_loss(self, z: torch.Tensor, z_q: torch.Tensor, logits: torch.Tensor,
                     beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = z.shape[0]
-        log_q = logits.log_softmax(1)
-        neg_entropy = (probs_from_log(log_q) * log_q).sum() / batch  # per image: codes and positions
+        # per image, over codes and positions: sum q log q = KL(q || uniform) - log K
+        kl = softmax_kl_uniform(logits, dim=1)
+        neg_entropy = (kl - math.log(self.codebook_size)).sum() / batch
         distance = (z - z_q).pow(2).sum() / (2.0 * self.variance()) / batch  # per image
         loss = (neg_entropy + distance) / (self.pixels_per_image or 1)
         return loss, {"kl": loss.detach(), "neg_entropy": neg_entropy.detach(),
