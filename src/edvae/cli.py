@@ -1,4 +1,5 @@
-"""The `edvae` command line: train | eval | encode | decode | compare | demo | prior | sample | fid."""
+"""The `edvae` command line: train | eval | encode | decode | compare | demo | prior | sample | fid |
+study."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def build_config(args: argparse.Namespace):
     data = load_file(args.config) if args.config else {}
     flags = {"method": "model.method", "dataset": "train.dataset", "data_dir": "train.data_dir",
              "steps": "train.steps", "batch_size": "train.batch_size", "width": "model.width",
-             "seed": "train.seed", "device": "train.device"}
+             "seed": "train.seed", "device": "train.device", "pretrain_steps": "train.pretrain_steps"}
     for attr, key in flags.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -130,6 +131,21 @@ def cmd_fid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_collapse(args: argparse.Namespace) -> int:
+    from .collapse_study import config_from_args, run_study
+
+    cfg = config_from_args(codebook_sizes=args.sizes, widths=args.widths, seeds=args.seeds, steps=args.steps,
+                           pretrain_steps=args.pretrain_steps, width=args.width,
+                           width_sweep_codebook=args.width_sweep_codebook, components=args.components,
+                           arms=args.arms, threads=args.threads)
+    command = "edvae " + shlex.join(args.argv) if args.command_text is None else args.command_text
+    result = run_study(cfg, args.out, command=command, log=lambda m: print(m, file=sys.stderr))
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"results.json, summary.md, codebook-sweep.png, width-sweep.png and latents.png are in {args.out} "
+          f"({result['seconds']:.0f} s)")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -153,6 +169,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", dest="batch_size", type=int)
     t.add_argument("--width", type=int)
     t.add_argument("--seed", type=int)
+    t.add_argument("--pretrain-steps", dest="pretrain_steps", type=int,
+                   help="train encoder -> decoder this many steps without quantization, then set the "
+                        "codebook by K-means on encoder outputs (codebook methods only)")
     t.add_argument("--device", help="auto, cpu, cuda, mps")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
     t.add_argument("--out", required=True, help="run folder (must be new unless --resume)")
@@ -245,11 +264,33 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="auto")
     f.add_argument("-o", "--output", help="also write the result to this JSON file")
     f.set_defaults(func=cmd_fid)
+
+    st = sub.add_parser("study", help="self-contained studies (see docs/)")
+    sts = st.add_subparsers(dest="study_command", required=True)
+    sc = sts.add_parser("collapse", help="tokens and embeddings collapse of VQ on a synthetic Gaussian "
+                                         "mixture: codebook sizes x widths x {random, K-means, pretrain} "
+                                         "(docs/collapse-study.md)")
+    sc.add_argument("--out", default="docs/results/collapse-study", help="folder for results and PNGs")
+    sc.add_argument("--sizes", nargs="+", type=_positive_int, help="codebook sizes (default 16 .. 1024)")
+    sc.add_argument("--widths", nargs="+", type=_positive_int, help="hidden widths (default 4 .. 64)")
+    sc.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2")
+    sc.add_argument("--steps", type=_positive_int, help="Adam steps per run (default 1000)")
+    sc.add_argument("--pretrain-steps", dest="pretrain_steps", type=int,
+                    help="of --steps, without quantization in the pretrain arm (default 500)")
+    sc.add_argument("--width", type=_positive_int, help="width of the codebook-size sweep (default 64)")
+    sc.add_argument("--width-sweep-codebook", dest="width_sweep_codebook", type=_positive_int,
+                    help="codebook size of the width sweep (default 256)")
+    sc.add_argument("--components", type=_positive_int, help="Gaussians in the mixture (default 16)")
+    sc.add_argument("--arms", nargs="+", help="random kmeans pretrain (default all three)")
+    sc.add_argument("--threads", type=_positive_int, help="torch CPU threads (default 1)")
+    sc.add_argument("--command-text", dest="command_text", help=argparse.SUPPRESS)
+    sc.set_defaults(func=cmd_study_collapse)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # what a report quotes as its command
     try:
         return args.func(args)
     except EdvaeError as exc:

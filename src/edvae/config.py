@@ -67,6 +67,9 @@ class TrainConfig:
     eval_subset: int = 2048
     eval_batch_size: int = 128
     checkpoint_every: int = 0  # 0 = only at the end
+    # pretrain-then-quantize (arXiv 2411.16550): the first steps train encoder -> decoder without
+    # quantization, then the codebook is set by K-means on encoder outputs (train.py); 0 = off
+    pretrain_steps: int = 0
 
 
 @dataclass
@@ -85,7 +88,8 @@ _POSITIVE = {"channels", "image_size", "codebook_size", "codebook_dim", "width",
              "steps", "batch_size", "lr_anneal_steps", "schedule_steps", "log_every",
              "eval_subset", "eval_batch_size"}
 _NON_NEGATIVE = {"lr", "lr_min", "beta_ramp_steps", "temperature_decay",
-                 "temperature_min", "threads", "eval_every", "checkpoint_every", "init_std"}
+                 "temperature_min", "threads", "eval_every", "checkpoint_every", "init_std",
+                 "pretrain_steps"}
 
 
 def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
@@ -157,6 +161,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         t.beta_max = QUANTIZERS[m.method].default_beta_max
     if t.beta_max < 0:
         raise EdvaeError(f"config key train.beta_max must be >= 0, got {t.beta_max}")
+    if t.pretrain_steps and QUANTIZERS[m.method].logit_input:
+        raise EdvaeError(f"config key train.pretrain_steps: {m.method} reads {m.codebook_size} logits, so "
+                         "there is no codebook to initialise from encoder outputs; pretraining is for the "
+                         "codebook methods (encoder outputs of codebook_dim channels)")
+    if t.pretrain_steps >= t.steps:
+        raise EdvaeError(f"config key train.pretrain_steps ({t.pretrain_steps}) must be smaller than "
+                         f"train.steps ({t.steps}): quantized training follows the pretraining")
     if m.eval_mode not in ("argmax", "sample"):
         raise EdvaeError(f"config key model.eval_mode must be argmax or sample, got {m.eval_mode!r}")
     if m.architecture not in ARCHITECTURES:

@@ -3,6 +3,13 @@
 The batch order and every random draw are functions of (seed, step): the data order comes from a
 per-epoch permutation seeded by (seed, epoch), and the global RNG is reseeded with (seed, step)
 before each step. A checkpoint therefore needs only the parameters, Adam's moments and the step.
+
+Pretrain-then-quantize (train.pretrain_steps = P > 0; arXiv 2411.16550, kmeans.py): steps 0..P-1
+train encoder -> decoder on the MSE without the quantizer, which they leave untouched; right after
+step P-1 the codebook is set to the K-means centres of the encoder's outputs on the batches of
+steps P..P+3 (k-means++ seeded by (seed, P)), before the checkpoint of step P is written; steps
+P.. train with quantization. The schedules stay functions of the global step. Only codebook
+methods (D-channel encoder outputs) can do it: config.py refuses the logit methods.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from . import checkpoint, ddp
+from . import checkpoint, ddp, kmeans
 from .config import RunConfig, from_dict
 from .data import ImageSet, load_dataset, to_model_input
 from .errors import EdvaeError
@@ -149,6 +157,27 @@ class MetricsLog:
             self._tb.close()
 
 
+class Autoencoder(nn.Module):
+    """encoder -> decoder without the quantizer: the pretraining phase's network. It has its own
+    DDP wrapper, since DDP refuses a step in which the quantizer's parameters get no gradient."""
+
+    def __init__(self, model: DiscreteVAE):
+        super().__init__()
+        self.encoder, self.decoder = model.encoder, model.decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x).to(x.dtype))
+
+
+def init_codebook(model: DiscreteVAE, train_set: ImageSet, order: BatchOrder, group: ddp.Group,
+                  layout: torch.memory_format, step: int, seed: int) -> kmeans.KMeansResult:
+    """K-means (over all ranks) on the encoder outputs of the kmeans.INIT_BATCHES batches that
+    follow `step`, k-means++ seeded by (seed, step)."""
+    batches = [to_model_input(train_set.batch(group.shard(order.indices(s)))).contiguous(memory_format=layout)
+               for s in range(step, step + kmeans.INIT_BATCHES)]
+    return kmeans.init_codebook_from_encoder(model, batches, seed=step_seed(seed, step))
+
+
 def prepare_run_dir(out: Path, resume: bool) -> None:
     state = out / checkpoint.STATE_FILE
     if resume:
@@ -195,6 +224,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, evaluate_at_
     elif group.main:
         checkpoint.atomic_write_text(out / checkpoint.CONFIG_FILE, cfg.to_json())
     net = ddp.wrap(model, group, device)
+    pretrain = t.pretrain_steps
+    autoencoder = ddp.wrap(Autoencoder(model), group, device) if start < pretrain else None
     sched = Schedules(t.steps, t.schedule_steps, t.lr, t.lr_min, t.lr_anneal_steps, t.beta_max,
                       t.beta_ramp_steps, t.temperature_decay, t.temperature_min)
     order = BatchOrder(len(train_set), t.batch_size, t.seed)
@@ -219,25 +250,36 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, evaluate_at_
             model.train()
             model.quantizer.reporting = report
             with autocast_for(device, t.precision):
-                x_hat, q = net(x, temperature=tau, beta=beta)
+                if step < pretrain:  # pretraining: no quantizer
+                    x_hat, q = autoencoder(x), None
+                else:
+                    x_hat, q = net(x, temperature=tau, beta=beta)
             mse = F.mse_loss(x_hat.float(), x)
-            loss = model.quantizer.reconstruction_loss(x_hat, x) + q.loss  # MSE unless overridden
+            if q is None:
+                loss = mse
+            else:
+                loss = model.quantizer.reconstruction_loss(x_hat, x) + q.loss  # MSE unless overridden
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if done == pretrain:  # the switch: the codebook from the pretrained encoder's outputs
+                with autocast_for(device, t.precision):
+                    init_codebook(model, train_set, order, group, layout, done, t.seed)
             if report:
                 # means over the global batch, and its code counts, from every rank
-                kl = q.stats.get("kl", torch.zeros((), device=device))
+                kl = q.stats.get("kl") if q is not None else None
+                kl = torch.zeros((), device=device) if kl is None else kl
                 means = group.sum_(torch.stack([loss.detach(), mse.detach(), kl.float()])) / group.world
-                counts = group.sum_(code_counts(q.indices, cfg.model.codebook_size))
+                counts = None if q is None else group.sum_(code_counts(q.indices, cfg.model.codebook_size))
                 if not math.isfinite(float(means[0])):
                     raise EdvaeError(f"training diverged at step {done} (loss {float(means[0])})")
             if report and group.main:
                 row = {"step": done, "loss": float(means[0]), "mse": float(means[1]), "kl": float(means[2]),
-                       "batch_perplexity": perplexity(counts),
                        "temperature": tau, "beta": beta, "lr": lr,
                        "seconds": round(time.perf_counter() - began, 2)}
-                if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+                if counts is not None:  # no codes in pretraining
+                    row["batch_perplexity"] = perplexity(counts)
+                if t.eval_every and done > pretrain and (done % t.eval_every == 0 or done == t.steps):
                     from .evaluate import evaluate
 
                     r = evaluate(model, test_set, t.eval_batch_size, limit=t.eval_subset, sampled=False)
@@ -245,7 +287,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, evaluate_at_
                 log.write(row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", mse=f"{row['mse']:.4f}",
-                                    ppl=f"{row['batch_perplexity']:.1f}", tau=f"{tau:.3f}",
+                                    ppl=f"{row.get('batch_perplexity', math.nan):.1f}", tau=f"{tau:.3f}",
                                     beta=f"{beta:.1e}", refresh=False)
             if group.main and t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.steps:
                 checkpoint.save_state(out / checkpoint.STATE_FILE, model, optimizer, done, config)

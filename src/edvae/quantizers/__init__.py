@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import Quantizer, QuantizerOutput
 from .evidential import EvidentialQuantizer
+from .gm_vq import GMVQQuantizer
 from .gumbel import GumbelQuantizer
 from .gumbel_vq import GumbelVQQuantizer
 from .sq import SQQuantizer
@@ -17,6 +18,7 @@ QUANTIZERS: dict[str, type[Quantizer]] = {
     SQQuantizer.name: SQQuantizer,
     EMAVQQuantizer.name: EMAVQQuantizer,
     STEVQQuantizer.name: STEVQQuantizer,
+    GMVQQuantizer.name: GMVQQuantizer,
 }
 
 __all__ = ["QUANTIZERS", "Quantizer", "QuantizerOutput", "build_quantizer"]

@@ -60,6 +60,20 @@ class Quantizer(nn.Module):
         """Codes (B, h, w) -> decoder input (B, D, h, w)."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def init_codebook(self, vectors: torch.Tensor) -> None:
+        """Set the K codewords to `vectors` (K, D), e.g. K-means centres of encoder outputs
+        (train.pretrain_steps, kmeans.py). This default copies them into `self.codebook` (GS-VQ,
+        SQ-VAE); a quantizer with more codebook state overrides it, one without a codebook of
+        D-dimensional codewords that the encoder's outputs live beside (logit_input) refuses."""
+        codebook = getattr(self, "codebook", None)
+        if self.logit_input or not isinstance(codebook, torch.Tensor):
+            raise ValueError(f"{self.name} has no codebook that encoder outputs can initialise")
+        if tuple(vectors.shape) != tuple(codebook.shape):
+            raise ValueError(f"init_codebook expects {tuple(codebook.shape)} vectors, "
+                             f"got {tuple(vectors.shape)}")
+        codebook.copy_(vectors.to(codebook.dtype))
+
     def reconstruction_loss(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The reconstruction term of the training loss (the trainer adds `out.loss` to it):
         the per-pixel MSE in float32. A method whose objective has another likelihood term

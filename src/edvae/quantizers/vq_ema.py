@@ -73,6 +73,16 @@ class EMAVQQuantizer(NearestCodewordQuantizer):
         return self.codebook
 
     @torch.no_grad()
+    def init_codebook(self, vectors: torch.Tensor) -> None:
+        """Set the codebook to `vectors` (K, D) and restart the moving averages from 0 (t = 0), as
+        at construction: the debiased EMA then follows the batches seen from here on, and a code
+        no batch assigns keeps its given value."""
+        super().init_codebook(vectors)
+        self.ema_count.zero_()
+        self.ema_sum.zero_()
+        self.ema_steps.zero_()
+
+    @torch.no_grad()
     def ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
         """One EMA step from the rows `flat` (N, D) assigned to `indices` (N,)."""
         counts, sums = cluster_stats(flat, indices, self.codebook_size)

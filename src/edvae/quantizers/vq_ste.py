@@ -133,6 +133,19 @@ class STEVQQuantizer(NearestCodewordQuantizer):
             values = (values - shift[codes]) / s
         self.codebook[codes] = values.to(self.codebook.dtype)
 
+    @torch.no_grad()
+    def init_codebook(self, vectors: torch.Tensor) -> None:
+        """Make the effective codewords equal `vectors` (K, D) (through the affine map), mark the
+        K-means initialisation done (the first forward pass does not redo it) and restart the
+        dead-code counters."""
+        if tuple(vectors.shape) != tuple(self.codebook.shape):
+            raise ValueError(f"init_codebook expects {tuple(self.codebook.shape)} vectors, "
+                             f"got {tuple(vectors.shape)}")
+        self._set_codes(torch.arange(self.codebook_size, device=self.codebook.device),
+                        vectors.to(self.codebook.device).float())
+        self.kmeans_done.fill_(1)
+        self.unused_steps.zero_()
+
     # ------------------------------------------------------------------ in-forward codebook updates
 
     @torch.no_grad()

@@ -1,0 +1,392 @@
+"""The synthetic study of representation collapse in vector quantization (`edvae study collapse`).
+
+Zhao, Zou, Shah, Liu, "Representation collapsing problems in vector quantization" (arXiv 2411.16550;
+shared/papers/representation-collapse-summary.md): tokens collapse (the codewords gather on a few
+encoder outputs) comes from initialising the codebook before the encoder has learned anything, and
+is cured by pretraining the autoencoder without quantization, then initialising the codebook by
+K-means on its encoder outputs; embeddings collapse (encoder outputs of different modes merge) comes
+from too narrow an encoder. This is a study of its own, CPU-sized, not the image pipeline:
+
+- data: a mixture of `components` isotropic Gaussians in `data_dim` dimensions (means uniform in
+  [-spread, spread]^d, standard deviation `std`), fresh samples every step from a seeded generator;
+  a fixed test set of `test_points` samples;
+- model: MLP encoder data_dim -> width -> width -> latent_dim and its mirror as decoder (ReLU);
+  latent_dim = 2 so the latent space can be drawn;
+- quantizer: VQ-VAE with the EMA codebook ('statistical update', as in the paper): edvae's vq-ema
+  (commitment 0.25, decay 0.99, debiased EMA) on (B, latent_dim, 1, 1) latents;
+- arms, each `steps` steps of Adam in total (the same budget):
+    random   - vq-ema's own initialisation (uniform in +-1/K, EdVAE protocol), quantized from step 0;
+    kmeans   - codebook = K-means (kmeans.py: k-means++ then Lloyd) of the untrained encoder's
+               outputs, quantized from step 0 (the paper's baseline: initialised from an encoder
+               that does not know the data yet);
+    pretrain - `pretrain_steps` steps of encoder -> decoder on the MSE without quantization, then the
+               codebook = K-means of the trained encoder's outputs, then quantized training;
+- sweeps: codebook sizes at width `width`, and encoder/decoder widths at `width_sweep_codebook` codes;
+  every point for every seed;
+- measures on the test set: perplexity of the code histogram (exp of its entropy; K = all codes used
+  equally), used codes, and the MSE of the reconstruction through the quantizer.
+
+Writes results.json (every run and the means), summary.md (tables and the command), codebook-sweep.png
+and width-sweep.png (perplexity and MSE), latents.png (data, encoder outputs and codewords of the
+three arms at the largest codebook: tokens collapse and its cure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import atomic_write_text
+from .errors import EdvaeError
+from .kmeans import kmeans
+from .metrics import perplexity
+from .quantizers.vq_ema import EMAVQQuantizer
+
+ARMS = ("random", "kmeans", "pretrain")
+ARM_LABELS = {"random": "random init (uniform +-1/K)", "kmeans": "K-means on untrained encoder",
+              "pretrain": "pretrain, then K-means"}
+
+
+@dataclass
+class StudyConfig:
+    # data: a mixture of Gaussians in a low dimension (the paper's synthetic setting; sizes ours)
+    components: int = 16
+    data_dim: int = 2
+    spread: float = 4.0  # component means uniform in [-spread, spread]^data_dim
+    std: float = 0.3  # every component's standard deviation
+    data_seed: int = 0  # the mixture (means); the seeds below draw models, batches and K-means
+    test_points: int = 8192
+    # model
+    latent_dim: int = 2  # 2: the latent space is drawn in latents.png
+    width: int = 64  # hidden width of the codebook-size sweep
+    widths: tuple[int, ...] = (4, 8, 16, 32, 64)  # encoder/decoder hidden widths swept
+    codebook_sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
+    width_sweep_codebook: int = 256  # codebook size of the width sweep
+    commitment: float = 0.25  # vq-ema's default (van den Oord et al. 2017)
+    decay: float = 0.99  # vq-ema's default (van den Oord et al. 2017)
+    # training: Adam (the paper: AdamW), the same total budget in every arm
+    steps: int = 1000
+    pretrain_steps: int = 500  # of `steps`, in the pretrain arm
+    batch_size: int = 256
+    lr: float = 1e-3
+    init_points: int = 8192  # encoder outputs K-means initialises the codebook from
+    kmeans_iters: int = 20
+    arms: tuple[str, ...] = ARMS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    threads: int = 1
+
+    def check(self) -> StudyConfig:
+        positive = ("components", "data_dim", "test_points", "latent_dim", "width", "width_sweep_codebook",
+                    "steps", "batch_size", "init_points")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise EdvaeError(f"study option {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.pretrain_steps < self.steps:
+            raise EdvaeError(f"study option pretrain_steps must be in [0, steps), got {self.pretrain_steps}")
+        if not self.codebook_sizes or min(self.codebook_sizes) < 2:
+            raise EdvaeError(f"codebook sizes must be at least 2, got {self.codebook_sizes}")
+        if not self.widths or min(self.widths) < 1 or not self.seeds:
+            raise EdvaeError("the study needs at least one width and one seed")
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or not self.arms:
+            raise EdvaeError(f"unknown arm {unknown[0] if unknown else None!r} (known: {', '.join(ARMS)})")
+        if self.spread <= 0 or self.std <= 0 or self.lr <= 0:
+            raise EdvaeError("spread, std and lr must be positive")
+        return self
+
+
+# ------------------------------------------------------------------ data and model
+
+
+def mixture_means(cfg: StudyConfig) -> torch.Tensor:
+    g = torch.Generator().manual_seed(cfg.data_seed)
+    return (2 * torch.rand(cfg.components, cfg.data_dim, generator=g) - 1) * cfg.spread
+
+
+def sample(cfg: StudyConfig, means: torch.Tensor, n: int,
+           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n points of the mixture (equal weights) and their components."""
+    labels = torch.randint(cfg.components, (n,), generator=generator)
+    noise = torch.randn(n, cfg.data_dim, generator=generator)
+    return means[labels] + cfg.std * noise, labels
+
+
+def mlp(d_in: int, width: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, d_out))
+
+
+class VQAutoencoder(nn.Module):
+    def __init__(self, cfg: StudyConfig, width: int, codebook_size: int):
+        super().__init__()
+        self.encoder = mlp(cfg.data_dim, width, cfg.latent_dim)
+        self.decoder = mlp(cfg.latent_dim, width, cfg.data_dim)
+        self.vq = EMAVQQuantizer(codebook_size, cfg.latent_dim, commitment=cfg.commitment, decay=cfg.decay)
+
+    def quantize(self, z: torch.Tensor):
+        return self.vq(z[:, :, None, None])  # vectors as (B, D, 1, 1) latent maps
+
+
+def _stream(seed: int, purpose: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + purpose)
+
+
+# ------------------------------------------------------------------ one run
+
+
+def train_one(cfg: StudyConfig, means: torch.Tensor, test: torch.Tensor, arm: str, codebook_size: int,
+              width: int, seed: int, keep_latents: bool = False) -> dict[str, Any]:
+    """Train one arm at one (codebook size, width, seed); its test measures."""
+    torch.manual_seed(seed)
+    model = VQAutoencoder(cfg, width, codebook_size)
+    params = [*model.encoder.parameters(), *model.decoder.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg.lr, foreach=True)
+    batches, init_data = _stream(seed, 1), _stream(seed, 2)
+    pretrain = cfg.pretrain_steps if arm == "pretrain" else 0
+    init_at = pretrain if arm in ("kmeans", "pretrain") else None
+    init = {}
+    model.train()
+    for step in range(cfg.steps):
+        if step == init_at:
+            with torch.no_grad():
+                z = model.encoder(sample(cfg, means, cfg.init_points, init_data)[0])
+            result = kmeans(z, codebook_size, iters=cfg.kmeans_iters, seed=seed)
+            model.vq.init_codebook(result.centroids)
+            init = {"kmeans_inertia": result.inertia, "kmeans_used": int((result.counts > 0).sum())}
+        x, _ = sample(cfg, means, cfg.batch_size, batches)
+        z = model.encoder(x)
+        if step < pretrain:
+            loss = F.mse_loss(model.decoder(z), x)
+        else:
+            out = model.quantize(z)
+            loss = F.mse_loss(model.decoder(out.z_q[:, :, 0, 0]), x) + out.loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        z = model.encoder(test)
+        out = model.quantize(z)
+        x_hat = model.decoder(out.z_q[:, :, 0, 0])
+        counts = torch.bincount(out.indices.reshape(-1), minlength=codebook_size)
+        row = {"arm": arm, "codebook_size": codebook_size, "width": width, "seed": seed,
+               "perplexity": perplexity(counts), "used_codes": int((counts > 0).sum()),
+               "mse": float(F.mse_loss(x_hat, test)), **init}
+    if keep_latents:
+        row["_latents"] = z.clone()
+        row["_codebook"] = model.vq.codebook.clone()
+        row["_counts"] = counts
+    return row
+
+
+# ------------------------------------------------------------------ the sweep
+
+
+def plan(cfg: StudyConfig) -> list[tuple[str, int, int, int]]:
+    """Every (arm, codebook size, width, seed) to train, each once."""
+    points = [(k, cfg.width) for k in cfg.codebook_sizes]
+    points += [(cfg.width_sweep_codebook, w) for w in cfg.widths]
+    unique = list(dict.fromkeys(points))
+    return [(arm, k, w, s) for k, w in unique for arm in cfg.arms for s in cfg.seeds]
+
+
+def run_study(cfg: StudyConfig, out: str | Path, command: str = "",
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the sweep, one run after the other, and write results.json, summary.md and the PNGs into
+    `out`."""
+    cfg.check()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        means = mixture_means(cfg)
+        test, test_labels = sample(cfg, means, cfg.test_points, _stream(cfg.data_seed, 99))
+        todo = plan(cfg)
+        picture = (max(cfg.codebook_sizes), cfg.width, cfg.seeds[0])
+        began = time.perf_counter()
+        rows, latents = [], {}
+        for i, (arm, k, w, s) in enumerate(todo):
+            keep = (k, w, s) == picture
+            row = train_one(cfg, means, test, arm, k, w, s, keep_latents=keep)
+            if keep:
+                latents[arm] = {key: row.pop(key) for key in ("_latents", "_codebook", "_counts")}
+            rows.append(row)
+            if log:
+                log(f"[{i + 1}/{len(todo)}] {arm:8s} K={k:<5d} width={w:<3d} seed={s}: perplexity "
+                    f"{row['perplexity']:.1f}, used {row['used_codes']}, mse {row['mse']:.4f} "
+                    f"({time.perf_counter() - began:.0f} s)")
+    finally:
+        torch.set_num_threads(threads)
+    summary = summarise(cfg, rows)
+    result = {"command": command, "config": dataclasses.asdict(cfg), "runs": rows, "summary": summary,
+              "seconds": round(time.perf_counter() - began, 1)}
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "summary.md", summary_markdown(cfg, summary, command, result["seconds"]))
+    plot_sweeps(cfg, summary, out)
+    plot_latents(cfg, means, test, test_labels, latents, picture, out / "latents.png")
+    return result
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(cfg: StudyConfig, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Mean and standard deviation over seeds of each sweep point and arm."""
+
+    def point(arm: str, k: int, w: int) -> dict[str, Any]:
+        rs = [r for r in rows if (r["arm"], r["codebook_size"], r["width"]) == (arm, k, w)]
+        entry = {"arm": arm, "codebook_size": k, "width": w, "seeds": len(rs)}
+        for key in ("perplexity", "used_codes", "mse"):
+            entry[key], entry[key + "_std"] = _mean_std([float(r[key]) for r in rs])
+        return entry
+
+    return {"codebook": [point(a, k, cfg.width) for k in cfg.codebook_sizes for a in cfg.arms],
+            "width": [point(a, cfg.width_sweep_codebook, w) for w in cfg.widths for a in cfg.arms]}
+
+
+def summary_markdown(cfg: StudyConfig, summary: dict[str, list[dict[str, Any]]], command: str,
+                     seconds: float) -> str:
+    lines = [f"Command: `{command}`" if command else "", "",
+             f"{cfg.components} Gaussians in {cfg.data_dim}-D (spread {cfg.spread}, std {cfg.std}); MLP "
+             f"autoencoder, {cfg.latent_dim}-D latent, VQ with EMA codebook; {cfg.steps} Adam steps "
+             f"(pretrain arm: {cfg.pretrain_steps} without quantization first), batch {cfg.batch_size}; "
+             f"seeds {list(cfg.seeds)}; mean +- std over seeds on {cfg.test_points} test points; "
+             f"{seconds:.0f} s.", ""]
+    width_title = f"Encoder/decoder width ({cfg.width_sweep_codebook} codes)"
+    for sweep, title, key in (("codebook", f"Codebook size (width {cfg.width})", "codebook_size"),
+                              ("width", width_title, "width")):
+        lines += [f"### {title}", "",
+                  "| " + key.replace("_", " ") + " | " + " | ".join(
+                      f"{a}: perplexity | {a}: MSE" for a in cfg.arms) + " |",
+                  "|---|" + "---|---|" * len(cfg.arms)]
+        by_value: dict[int, dict[str, dict[str, Any]]] = {}
+        for e in summary[sweep]:
+            by_value.setdefault(e[key], {})[e["arm"]] = e
+        for value, arms in by_value.items():
+            cells = []
+            for a in cfg.arms:
+                e = arms[a]
+                cells += [f"{e['perplexity']:.1f} +- {e['perplexity_std']:.1f}",
+                          f"{e['mse']:.4f} +- {e['mse_std']:.4f}"]
+            lines.append(f"| {value} | " + " | ".join(cells) + " |")
+        lines.append("")
+    verdict = pretraining_margin(cfg, summary)
+    if verdict:
+        lines += [verdict, ""]
+    return "\n".join(lines)
+
+
+def pretraining_margin(cfg: StudyConfig, summary: dict[str, list[dict[str, Any]]]) -> str:
+    """One line: perplexity at the largest codebook, pretraining against each other arm."""
+    k = max(cfg.codebook_sizes)
+    at = {e["arm"]: e for e in summary["codebook"] if e["codebook_size"] == k}
+    if "pretrain" not in at or len(at) < 2:
+        return ""
+    p = at["pretrain"]["perplexity"]
+    others = ", ".join(f"{a} {e['perplexity']:.1f} (x{p / max(e['perplexity'], 1e-9):.1f})"
+                       for a, e in at.items() if a != "pretrain")
+    return f"At K = {k}: pretrain perplexity {p:.1f} against {others}."
+
+
+# ------------------------------------------------------------------ figures
+
+
+def _pyplot():
+    from .plots import _pyplot
+
+    return _pyplot()
+
+
+def plot_sweeps(cfg: StudyConfig, summary: dict[str, list[dict[str, Any]]], out: Path) -> None:
+    plt = _pyplot()
+    width_label = f"encoder/decoder width ({cfg.width_sweep_codebook} codes)"
+    for sweep, key, xlabel, name in (
+            ("codebook", "codebook_size", f"codebook size K (width {cfg.width})", "codebook-sweep.png"),
+            ("width", "width", width_label, "width-sweep.png")):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for arm in cfg.arms:
+            es = [e for e in summary[sweep] if e["arm"] == arm]
+            x = [e[key] for e in es]
+            for ax, metric in zip(axes, ("perplexity", "mse"), strict=True):
+                ax.errorbar(x, [e[metric] for e in es], yerr=[e[metric + "_std"] for e in es],
+                            marker="o", capsize=3, label=ARM_LABELS[arm])
+        if sweep == "codebook":
+            ks = list(cfg.codebook_sizes)
+            axes[0].plot(ks, ks, ":", color="grey", label="K (every code equally used)")
+        else:
+            axes[0].axhline(cfg.width_sweep_codebook, ls=":", color="grey", label="K")
+        axes[0].set_ylabel("test perplexity")
+        axes[1].set_ylabel("test MSE")
+        for ax in axes:
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3, which="both")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{cfg.components}-component Gaussian mixture, VQ-EMA, {len(cfg.seeds)} seed(s)")
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+
+
+def plot_latents(cfg: StudyConfig, means: torch.Tensor, test: torch.Tensor, labels: torch.Tensor,
+                 latents: dict[str, dict[str, torch.Tensor]], picture: tuple[int, int, int],
+                 path: Path) -> None:
+    """Data; then per arm the encoder outputs (coloured by component) and the codewords."""
+    plt = _pyplot()
+    k, w, s = picture
+    n = min(4000, test.shape[0])
+    panels = 1 + len(latents)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.2))
+    axes = [axes] if panels == 1 else list(axes)
+    colours = labels[:n].numpy()
+    axes[0].scatter(test[:n, 0].numpy(), test[:n, 1].numpy(), c=colours, cmap="tab20", s=2)
+    axes[0].set_title(f"data: {cfg.components} Gaussians" + (" (first 2 dims)" if cfg.data_dim > 2 else ""))
+    for ax, arm in zip(axes[1:], [a for a in cfg.arms if a in latents], strict=True):
+        lat = latents[arm]
+        z, c, used = lat["_latents"][:n], lat["_codebook"], lat["_counts"] > 0
+        ax.scatter(z[:, 0].numpy(), z[:, 1].numpy(), c=colours, cmap="tab20", s=2, alpha=0.5)
+        ax.scatter(c[~used, 0].numpy(), c[~used, 1].numpy(), marker="x", s=8, color="0.6", lw=0.6,
+                   label=f"unused codewords ({int((~used).sum())})")
+        ax.scatter(c[used, 0].numpy(), c[used, 1].numpy(), marker=".", s=10, color="black",
+                   label=f"used codewords ({int(used.sum())})")
+        ppl = perplexity(lat["_counts"])
+        ax.set_title(f"{ARM_LABELS[arm]}\nperplexity {ppl:.1f} of K = {k}", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        # frame the encoder outputs; far-off unused codewords would squash them into a corner
+        lo, hi = z.min(0).values, z.max(0).values
+        pad = 0.1 * (hi - lo).clamp_min(1e-3)
+        ax.set_xlim(float(lo[0] - pad[0]), float(hi[0] + pad[0]))
+        ax.set_ylim(float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+    for ax in axes:
+        ax.set_aspect("equal", adjustable="box")
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"latent space (width {w}, seed {s}): encoder outputs coloured by component, codewords")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def config_from_args(**values: Any) -> StudyConfig:
+    """A StudyConfig from keyword arguments; None keeps the default, lists become tuples."""
+    fields = {f.name for f in dataclasses.fields(StudyConfig)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise EdvaeError(f"unknown study option {key}")
+        if value is not None:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+    return StudyConfig(**kwargs).check()
+
