@@ -306,6 +306,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, evaluate_at_
         checkpoint.save_model(out / checkpoint.MODEL_FILE, model, config)
     if not evaluate_at_end:
         return None
+    # evaluate in the default layout, as a model loaded from the run folder is: the same numbers
+    model = model.to(memory_format=torch.contiguous_format)
     return evaluate_run(out, model=model, test_set=test_set, batch_size=t.eval_batch_size)
 
 
