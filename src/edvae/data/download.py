@@ -19,12 +19,17 @@ class DownloadError(EdvaeError):
     """The file could not be fetched (no network, server unreachable, HTTP error)."""
 
 
-def md5sum(path: str | Path) -> str:
-    h = hashlib.md5()
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """Hex digest of a file read in 1 MiB blocks (algorithm: a hashlib name, e.g. md5, sha256)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def md5sum(path: str | Path) -> str:
+    return file_digest(path, "md5")
 
 
 def download(url: str, dest_path: str | Path, md5: str | None, timeout: float = 60.0) -> Path:

@@ -8,7 +8,6 @@ another model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from safetensors.torch import load_file
 from .. import checkpoint
 from ..config import RunConfig, from_dict
 from ..data import ImageSet, load_dataset
+from ..data.download import file_digest
 from ..errors import EdvaeError
 from ..model import DiscreteVAE
 
@@ -31,11 +31,7 @@ def codes_file(folder: str | Path, split: str) -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def run_model_file(run_dir: str | Path) -> Path:
