@@ -36,3 +36,31 @@ def test_a_failing_run_is_a_clear_error(tmp_path, capsys):
                  "--set", "train.dataset=no-such-set"]) == 2
     err = capsys.readouterr().err
     assert "runs failed: dvae-seed0" in err and str(out) in err
+
+
+def test_a_variant_is_a_method_with_its_own_settings(tmp_path):
+    out = tmp_path / "grid"
+    assert main(["compare", "--methods", "vq-ema", "vq-ema+pretrain", "--seeds", "0", "--jobs", "2",
+                 "--variant", "vq-ema+pretrain", "vq-ema", "train.pretrain_steps=2",
+                 "--out", str(out), *GRID]) == 0
+    plain = json.loads((out / "vq-ema-seed0" / "config.json").read_text())
+    pre = json.loads((out / "vq-ema+pretrain-seed0" / "config.json").read_text())
+    assert plain["model"]["method"] == pre["model"]["method"] == "vq-ema"
+    assert (plain["train"]["pretrain_steps"], pre["train"]["pretrain_steps"]) == (0, 2)
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["vq-ema", "vq-ema+pretrain"]
+    assert "| vq-ema+pretrain | 1 |" in (out / "summary.md").read_text()
+
+
+def test_unknown_entries_and_bad_variants_are_clear_errors(tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert main(["compare", "--methods", "edvae", "no-such", "--out", str(out), *GRID]) == 2
+    assert "unknown method or variant 'no-such'" in capsys.readouterr().err
+    assert main(["compare", "--methods", "x", "--variant", "x", "no-such", "--out", str(out), *GRID]) == 2
+    assert "unknown method 'no-such'" in capsys.readouterr().err
+    assert main(["compare", "--methods", "x", "--variant", "x", "dvae", "steps",
+                 "--out", str(out), *GRID]) == 2
+    assert "expected KEY=VALUE, got 'steps'" in capsys.readouterr().err
+    assert main(["compare", "--methods", "dvae", "--variant", "dvae", "edvae", "--out", str(out), *GRID]) == 2
+    assert "label 'dvae'" in capsys.readouterr().err
+    assert not out.exists()  # nothing was started

@@ -76,10 +76,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, command: str | None = None) -> int:
-    from .compare import run_grid, write_report
+    from .compare import parse_variants, run_grid, write_report
 
     out = Path(args.out)
-    rows = run_grid(args.methods, args.seeds, out, args.config, args.set or [], args.jobs, args.threads)
+    variants = parse_variants(getattr(args, "variant", None) or [])
+    rows = run_grid(args.methods, args.seeds, out, args.config, args.set or [], args.jobs, args.threads,
+                    variants)
     table = write_report(out, rows, args.methods, command or "edvae " + shlex.join(sys.argv[1:]))
     print(table)
     print(f"runs, results.json, summary.md and perplexity.png are in {out}")
@@ -206,6 +208,8 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--methods", nargs="+", default=["edvae", "dvae"])
             c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
             c.add_argument("--config")
+            c.add_argument("--variant", nargs="+", action="append", metavar="LABEL METHOD [KEY=VALUE]",
+                           help="a labelled method with its own settings, usable in --methods")
         else:
             c.add_argument("--steps", type=int, default=1500)
         c.add_argument("--set", action="append", metavar="KEY=VALUE")

@@ -2,6 +2,9 @@
 
 Writes into OUT: one run folder per (method, seed), results.json (every run's evaluation),
 summary.md (mean +- std per method) and perplexity.png (test perplexity over training).
+
+A grid entry is a registered method or a variant: a label naming a method plus config overrides
+(e.g. `vq-ema+pretrain` = vq-ema with train.pretrain_steps=1000), so that a recipe is one row of the table.
 """
 
 from __future__ import annotations
@@ -24,20 +27,49 @@ COLUMNS = (("perplexity", "perplexity (argmax)", 1.0, 1),
            ("mse_sampled", "MSE sampled x 1e3", 1e3, 2), ("entropy_mean", "entropy of pi", 1.0, 2))
 
 
+def parse_variants(specs: list[list[str]]) -> dict[str, tuple[str, list[str]]]:
+    """`--variant LABEL METHOD [KEY=VALUE ...]` specs -> {label: (method, overrides)}."""
+    from .quantizers import QUANTIZERS
+
+    variants: dict[str, tuple[str, list[str]]] = {}
+    for spec in specs:
+        if len(spec) < 2:
+            raise EdvaeError(f"--variant needs LABEL METHOD [KEY=VALUE ...], got {' '.join(spec)!r}")
+        label, method, *overrides = spec
+        if label in QUANTIZERS or label in variants or "/" in label:
+            raise EdvaeError(f"--variant label {label!r} is a method name, a repeat or not a folder name")
+        if method not in QUANTIZERS:
+            raise EdvaeError(f"--variant {label}: unknown method {method!r} (known: {', '.join(QUANTIZERS)})")
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise EdvaeError(f"--variant {label}: expected KEY=VALUE, got {bad[0]!r}")
+        variants[label] = (method, overrides)
+    return variants
+
+
 def run_grid(methods: list[str], seeds: list[int], out: Path, config: str | None,
-             overrides: list[str], jobs: int, threads: int) -> list[dict[str, Any]]:
+             overrides: list[str], jobs: int, threads: int,
+             variants: dict[str, tuple[str, list[str]]] | None = None) -> list[dict[str, Any]]:
+    from .quantizers import QUANTIZERS
+
+    variants = variants or {}
+    unknown = [m for m in methods if m not in QUANTIZERS and m not in variants]
+    if unknown:
+        raise EdvaeError(f"unknown method or variant {unknown[0]!r} (methods: {', '.join(QUANTIZERS)}; "
+                         f"variants: {', '.join(variants) or 'none given'})")
     out.mkdir(parents=True, exist_ok=True)
     pending = []
     for seed in seeds:  # seed-major: the methods of one seed run side by side
-        for method in methods:
-            run_dir = out / f"{method}-seed{seed}"
+        for entry in methods:
+            method, extra = variants.get(entry, (entry, []))
+            run_dir = out / f"{entry}-seed{seed}"
             if (run_dir / "eval.json").is_file():
                 continue  # finished earlier: the grid is resumable
             cmd = [sys.executable, "-m", "edvae", "train", "--method", method, "--seed", str(seed),
                    "--out", str(run_dir), "--no-progress", "--set", f"train.threads={threads}"]
             if config:
                 cmd += ["--config", config]
-            for o in overrides:
+            for o in [*overrides, *extra]:  # a variant's own settings win
                 cmd += ["--set", o]
             if (run_dir / "checkpoint.safetensors").is_file():
                 cmd.append("--resume")
