@@ -253,9 +253,27 @@ def test_kmeans_init_runs_once_and_not_again_after_save_and_load(tmp_path):
     codebook = loaded.quantizer.codebook.detach().clone()
     loaded(x * 3)
     assert torch.equal(loaded.quantizer.codebook, codebook)
-    loaded.quantizer.kmeans_done.zero_()  # without the flag the same pass would re-initialise
+    # without the flag the same pass would re-initialise: loading a state without it forgets
+    # that the flag was seen set
+    state = loaded.state_dict()
+    state["quantizer.kmeans_done"] = torch.zeros((), dtype=torch.int64)
+    loaded.load_state_dict(state)
     loaded(x * 3)
     assert not torch.equal(loaded.quantizer.codebook, codebook)
+
+
+def test_a_set_flag_is_read_from_the_device_once(monkeypatch):
+    """Once K-means has run, later training steps do not read `kmeans_done` again (on an
+    accelerator each read would be a host synchronisation)."""
+    q = STEVQQuantizer(4, 2, **{**PLAIN, "kmeans_init_iters": 2}).train()
+    z = torch.randn(2, 2, 2, 2)
+    q(z)
+    reads = []
+    real_bool = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(1) or real_bool(t))
+    for _ in range(3):
+        q(z)
+    assert reads == [] and q.flag_set("kmeans_done")
 
 
 @pytest.mark.parametrize("name, option, value", [

@@ -182,7 +182,7 @@ class GMVQQuantizer(GumbelVQQuantizer):
             raise ValueError(f"init_codebook expects {tuple(self.codebook.shape)} vectors, "
                              f"got {tuple(vectors.shape)}")
         self.codebook.copy_(vectors.to(self.codebook.device, self.codebook.dtype))
-        self.kmeans_done.fill_(1)
+        self.set_flag("kmeans_done")
 
     @torch.no_grad()
     def _kmeans_init(self, flat: torch.Tensor) -> None:
@@ -204,7 +204,7 @@ class GMVQQuantizer(GumbelVQQuantizer):
         all_reduce_sum_(totals)
         if totals[0] > 0:
             self.sigma_z_sq.copy_(totals[0] / totals[1])
-        self.sigma_z_done.fill_(1)
+        self.set_flag("sigma_z_done")
 
     # ------------------------------------------------------------------ forward
 
@@ -212,9 +212,9 @@ class GMVQQuantizer(GumbelVQQuantizer):
                 beta: float = 0.0) -> QuantizerOutput:
         z = self._features(z_e)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            if self.training and self.kmeans_init_iters and not bool(self.kmeans_done):
+            if self.training and self.kmeans_init_iters and not self.flag_set("kmeans_done"):
                 self._kmeans_init(flatten(z.detach()))  # before the graph uses the codebook
-            if self.training and not bool(self.sigma_z_done):
+            if self.training and not self.flag_set("sigma_z_done"):
                 self._estimate_prior_variance(flatten(z.detach()))
             d = self.distances(z)
             logits = d / (-2.0 * self.prior_variance())

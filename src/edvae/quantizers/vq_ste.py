@@ -143,7 +143,7 @@ class STEVQQuantizer(NearestCodewordQuantizer):
                              f"got {tuple(vectors.shape)}")
         self._set_codes(torch.arange(self.codebook_size, device=self.codebook.device),
                         vectors.to(self.codebook.device).float())
-        self.kmeans_done.fill_(1)
+        self.set_flag("kmeans_done")
         self.unused_steps.zero_()
 
     # ------------------------------------------------------------------ in-forward codebook updates
@@ -156,7 +156,7 @@ class STEVQQuantizer(NearestCodewordQuantizer):
             centroids.copy_(lloyd(points, random_rows(points, self.codebook_size), self.kmeans_init_iters))
         broadcast_(centroids)
         self._set_codes(torch.arange(self.codebook_size, device=flat.device), centroids)
-        self.kmeans_done.fill_(1)
+        self.set_flag("kmeans_done")
 
     @torch.no_grad()
     def _inner_step(self, counts: torch.Tensor, sums: torch.Tensor, current: torch.Tensor) -> None:
@@ -196,7 +196,7 @@ class STEVQQuantizer(NearestCodewordQuantizer):
             flat = flatten(z)
             if self.training:
                 # every in-place change of the codebook happens here, before the graph uses it
-                if self.kmeans_init_iters and not bool(self.kmeans_done):
+                if self.kmeans_init_iters and not self.flag_set("kmeans_done"):
                     self._kmeans_init(flat.detach())
                 with torch.no_grad():
                     current = self.effective_codebook()
