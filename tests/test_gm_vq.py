@@ -3,13 +3,10 @@ aggregated-posterior KL against direct computations, temperature map, K-means in
 data-parallel all-reduce. The formulas are derived in docs/gm-vq.md."""
 
 import math
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from safetensors.torch import load_file, save_file
+from gloo_ranks import run_on_ranks
 
 from edvae import checkpoint
 from edvae.config import ModelConfig, RunConfig
@@ -352,21 +349,13 @@ def _dp_run(rows: slice) -> dict[str, torch.Tensor]:
             "codebook_grad": q.codebook.grad.clone(), "z_grad": z.grad.clone()}
 
 
-def _worker(rank: int, world: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
-    try:
-        per_rank = 4 // world
-        state = _dp_run(slice(rank * per_rank, (rank + 1) * per_rank))
-        path = os.path.join(folder, f"rank{rank}.safetensors")
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, world: int) -> dict[str, torch.Tensor]:
+    per_rank = 4 // world
+    return _dp_run(slice(rank * per_rank, (rank + 1) * per_rank))
 
 
 def test_two_gloo_processes_compute_the_global_aggregated_kl_and_its_gradient(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    ranks = run_on_ranks(_on_rank, tmp_path)
     single = _dp_run(slice(None))
     assert single["sigma_z_sq"].item() != 1.0  # estimated, over the global batch
     for key in ("kl", "codebook", "sigma_z_sq"):  # the same on every rank, and the one-process value

@@ -3,9 +3,7 @@ data-parallel replicas that agree with one process on the concatenated data."""
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from safetensors.torch import load_file, save_file
+from gloo_ranks import run_on_ranks
 
 from edvae.kmeans import kmeans, kmeans_pp_init, lloyd_steps
 
@@ -121,20 +119,13 @@ def _compute(points):
             "iterations": torch.tensor(r.iterations), "relocated": e.centroids, "relocated_counts": e.counts}
 
 
-def _worker(rank: int, world: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
-    try:
-        points = _data()
-        local = points[:SPLIT] if rank == 0 else points[SPLIT:]
-        save_file(_compute(local), f"{folder}/rank{rank}.safetensors")
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, world: int) -> dict[str, torch.Tensor]:
+    points = _data()
+    return _compute(points[:SPLIT] if rank == 0 else points[SPLIT:])
 
 
 def test_two_replicas_agree_with_one_process_on_the_concatenated_data(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    ranks = run_on_ranks(_on_rank, tmp_path)
     single = _compute(_data())
     for key, value in single.items():
         assert torch.equal(ranks[0][key], ranks[1][key]), key  # replicas identical

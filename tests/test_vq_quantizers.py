@@ -1,13 +1,9 @@
 """The nearest-codeword quantizers: VQ-VAE-EMA (vq-ema) and VQ-STE++ (vq-ste++), and the
 collectives that keep their codebooks identical on data-parallel replicas."""
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from safetensors.torch import load_file, save_file
+from gloo_ranks import run_on_ranks
 
 from edvae import checkpoint
 from edvae.config import ModelConfig, RunConfig, from_dict
@@ -358,21 +354,13 @@ def _run(rows: slice, dead_after: int = 2) -> dict[str, torch.Tensor]:
     return state
 
 
-def _worker(rank: int, world: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
-    try:
-        per_rank = 4 // world
-        state = _run(slice(rank * per_rank, (rank + 1) * per_rank))
-        path = os.path.join(folder, f"rank{rank}.safetensors")
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, world: int) -> dict[str, torch.Tensor]:
+    per_rank = 4 // world
+    return _run(slice(rank * per_rank, (rank + 1) * per_rank))
 
 
 def test_two_gloo_processes_hold_identical_codebooks_equal_to_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    ranks = run_on_ranks(_on_rank, tmp_path)
     single = _run(slice(None))
     assert set(ranks[0]) == set(single)
     for key, value in single.items():
