@@ -62,6 +62,7 @@ class TrainConfig:
     precision: str = "auto"  # bf16 autocast where the device supports it
     threads: int = 0  # CPU threads; 0 leaves torch's default
     channels_last: bool = True  # NHWC convolutions: faster on CPUs (oneDNN) and tensor cores
+    flush_denormals: bool = True  # CPU: subnormal floats read as 0 (denormals.py)
     log_every: int = 50
     eval_every: int = 0  # test-subset perplexity during training; 0 = off
     eval_subset: int = 2048

@@ -29,6 +29,7 @@ from torch import nn
 from . import checkpoint, ddp, kmeans
 from .config import RunConfig, from_dict
 from .data import ImageSet, load_dataset, to_model_input
+from .denormals import flush_denormals
 from .errors import EdvaeError
 from .metrics import code_counts, perplexity
 from .model import DiscreteVAE
@@ -199,13 +200,15 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
         stored.train.device, stored.train.threads = cfg.train.device, cfg.train.threads
         cfg = stored
     t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    group, device = ddp.start(pick_device(t.device), t.batch_size)
-    try:
-        return _train(cfg, out, resume, progress and group.main, evaluate_at_end, group, device)
-    finally:
-        ddp.stop(group)
+    device = pick_device(t.device)
+    with flush_denormals(t.flush_denormals and device.type == "cpu"):
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        group, device = ddp.start(device, t.batch_size)
+        try:
+            return _train(cfg, out, resume, progress and group.main, evaluate_at_end, group, device)
+        finally:
+            ddp.stop(group)
 
 
 def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, evaluate_at_end: bool,
