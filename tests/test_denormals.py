@@ -59,3 +59,26 @@ def test_training_on_the_cpu_flushes_and_leaves_the_mode_as_found(tmp_path, monk
     base["train"]["flush_denormals"] = False
     train_module.train(from_dict(base), tmp_path / "off", progress=False, evaluate_at_end=False)
     assert seen == [True, False] and not denormals_flushed()
+
+
+def test_edvae_train_sets_the_mode_before_torch_starts_its_threads(tmp_path):
+    """Through the command line with two threads, every thread of the pool flushes during training
+    (and none does with the option off)."""
+    counts = []
+    for flush in ("true", "false"):
+        args = ["train", "--method", "dvae", "--dataset", "synthetic", "--steps", "1",
+                "--out", str(tmp_path / flush), "--set", "train.threads=2", "--set", "train.device=cpu",
+                "--set", f"train.flush_denormals={flush}"]
+        code = (
+            "import torch\n"
+            "import edvae.train as T\n"
+            "from edvae.cli import main\n"
+            "def probe(*args, **kwargs):\n"
+            f"    x = torch.full((4_000_000,), {SUBNORMAL_BITS}, dtype=torch.int32).view(torch.float32)\n"
+            "    print(int(((x * 1.0) != 0).sum()))\n"
+            "T._train = probe\n"
+            f"main({args!r})\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        counts.append(out.stdout.split()[0])
+    assert counts == ["0", "4000000"]
