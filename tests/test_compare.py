@@ -3,6 +3,7 @@
 import json
 
 from edvae.cli import main
+from edvae.compare import training_curves
 
 GRID = ["--set", "train.dataset=synthetic", "--set", "train.limit_train=64", "--set", "train.limit_test=32",
         "--set", "train.batch_size=8", "--set", "train.steps=4", "--set", "model.width=4",
@@ -42,7 +43,7 @@ def test_a_variant_is_a_method_with_its_own_settings(tmp_path):
     out = tmp_path / "grid"
     assert main(["compare", "--methods", "vq-ema", "vq-ema+pretrain", "--seeds", "0", "--jobs", "2",
                  "--variant", "vq-ema+pretrain", "vq-ema", "train.pretrain_steps=2",
-                 "--out", str(out), *GRID]) == 0
+                 "--out", str(out), *GRID, "--set", "train.eval_every=2", "--set", "train.log_every=2"]) == 0
     plain = json.loads((out / "vq-ema-seed0" / "config.json").read_text())
     pre = json.loads((out / "vq-ema+pretrain-seed0" / "config.json").read_text())
     assert plain["model"]["method"] == pre["model"]["method"] == "vq-ema"
@@ -50,6 +51,13 @@ def test_a_variant_is_a_method_with_its_own_settings(tmp_path):
     rows = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in rows] == ["vq-ema", "vq-ema+pretrain"]
     assert "| vq-ema+pretrain | 1 |" in (out / "summary.md").read_text()
+    # the curves: one group per grid entry, one series per seed, test perplexity at steps 2 and 4
+    # (the pretrained run quantizes from step 2 on, so it is first evaluated at step 4)
+    curves = training_curves(out, rows)
+    assert list(curves) == ["vq-ema", "vq-ema+pretrain"]
+    assert [s for s, _ in curves["vq-ema"][0]] == [2, 4]
+    assert [s for s, _ in curves["vq-ema+pretrain"][0]] == [4]
+    assert (out / "perplexity.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_unknown_entries_and_bad_variants_are_clear_errors(tmp_path, capsys):

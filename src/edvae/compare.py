@@ -131,8 +131,9 @@ def summary_table(rows: list[dict[str, Any]], methods: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def training_curves(out: Path, rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    series = {}
+def training_curves(out: Path, rows: list[dict[str, Any]]) -> dict[str, list[list[tuple[int, float]]]]:
+    """{method: one (step, test perplexity) series per seed}, from each run's metrics.jsonl."""
+    groups: dict[str, list[list[tuple[int, float]]]] = {}
     for r in rows:
         path = out / f"{r['method']}-seed{r['seed']}" / "metrics.jsonl"
         points = []
@@ -140,19 +141,19 @@ def training_curves(out: Path, rows: list[dict[str, Any]]) -> dict[str, list[tup
             m = json.loads(line)
             if m.get("test_perplexity") is not None:
                 points.append((m["step"], m["test_perplexity"]))
-        series[f"{r['method']} seed {r['seed']}"] = points
-    return series
+        groups.setdefault(r["method"], []).append(points)
+    return groups
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], methods: list[str], command: str) -> str:
-    from .plots import save_curves
+    from .plots import save_grouped_curves
 
     table = summary_table(rows, methods)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
     curves = training_curves(out, rows)
-    if any(curves.values()):
-        save_curves(out / "perplexity.png", curves, "test perplexity (argmax)",
-                    "test-subset perplexity during training")
+    if any(any(runs) for runs in curves.values()):
+        save_grouped_curves(out / "perplexity.png", curves, "test perplexity (argmax)",
+                            "test-subset perplexity during training (one line per seed)")
     text = f"Command: `{command}`\n\n{table}"
     atomic_write_text(out / "summary.md", text)
     return table
