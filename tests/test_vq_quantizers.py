@@ -269,7 +269,7 @@ def test_a_set_flag_is_read_from_the_device_once(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(1) or real_bool(t))
     for _ in range(3):
         q(z)
-    assert reads == [] and q.flag_set("kmeans_done")
+    assert reads == [] and q.is_flag_set("kmeans_done")
 
 
 @pytest.mark.parametrize("name, option, value", [

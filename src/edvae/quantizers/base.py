@@ -43,26 +43,26 @@ class Quantizer(nn.Module):
             raise ValueError(f"codebook must be at least 2 x 1, got {codebook_size} x {codebook_dim}")
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
-        self._flags_seen_set: set[str] = set()
+        self._flags_seen: set[str] = set()
 
-    def flag_set(self, name: str) -> bool:
+    def is_flag_set(self, name: str) -> bool:
         """Whether the 0/1 buffer `name` (e.g. `kmeans_done`) is set. A set flag is read from the
         device once and then remembered, so the steps after it cost no host synchronisation;
         loading a state dict forgets what was read."""
-        if name in self._flags_seen_set:
+        if name in self._flags_seen:
             return True
         if not bool(getattr(self, name)):
             return False
-        self._flags_seen_set.add(name)
+        self._flags_seen.add(name)
         return True
 
     def set_flag(self, name: str) -> None:
         """Set the 0/1 buffer `name`, and remember it set."""
         getattr(self, name).fill_(1)
-        self._flags_seen_set.add(name)
+        self._flags_seen.add(name)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._flags_seen_set.clear()
+        self._flags_seen.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
     @property

@@ -212,9 +212,9 @@ class GMVQQuantizer(GumbelVQQuantizer):
                 beta: float = 0.0) -> QuantizerOutput:
         z = self._features(z_e)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            if self.training and self.kmeans_init_iters and not self.flag_set("kmeans_done"):
+            if self.training and self.kmeans_init_iters and not self.is_flag_set("kmeans_done"):
                 self._kmeans_init(flatten(z.detach()))  # before the graph uses the codebook
-            if self.training and not self.flag_set("sigma_z_done"):
+            if self.training and not self.is_flag_set("sigma_z_done"):
                 self._estimate_prior_variance(flatten(z.detach()))
             d = self.distances(z)
             logits = d / (-2.0 * self.prior_variance())

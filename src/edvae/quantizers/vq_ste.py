@@ -196,7 +196,7 @@ class STEVQQuantizer(NearestCodewordQuantizer):
             flat = flatten(z)
             if self.training:
                 # every in-place change of the codebook happens here, before the graph uses it
-                if self.kmeans_init_iters and not self.flag_set("kmeans_done"):
+                if self.kmeans_init_iters and not self.is_flag_set("kmeans_done"):
                     self._kmeans_init(flat.detach())
                 with torch.no_grad():
                     current = self.effective_codebook()
