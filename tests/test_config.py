@@ -1,6 +1,6 @@
 import pytest
 
-from edvae.config import apply_override, from_dict
+from edvae.config import apply_override, from_dict, load_file
 from edvae.errors import EdvaeError
 
 
@@ -41,3 +41,18 @@ def test_overrides_dotted_bare_and_nested():
         apply_override({}, "nope=1")
     with pytest.raises(EdvaeError, match="key=value"):
         apply_override({}, "steps")
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 (PyYAML) reads 5e-6 as a string; configs and --set must read it as a number
+    data = {}
+    for a in ("train.beta_max=5e-6", "lr=3E-4", "model.options.clamp_max=2e1", "train.data_dir=1e3x"):
+        apply_override(data, a)
+    cfg = from_dict(data)
+    assert cfg.train.beta_max == 5e-6 and cfg.train.lr == 3e-4
+    assert cfg.model.options == {"clamp_max": 20.0} and cfg.train.data_dir == "1e3x"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  beta_max: 1e-7\n  steps: 2e3\n  lr_min: -1.5e-6\n")
+    train = load_file(path)["train"]
+    assert train == {"beta_max": 1e-7, "steps": 2000.0, "lr_min": -1.5e-6}
+    assert from_dict({"train": {"beta_max": 1e-7, "steps": 2000.0}}).train.steps == 2000

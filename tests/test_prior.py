@@ -299,3 +299,9 @@ def test_bad_input_exits_2_names_the_problem_and_leaves_files_untouched(tmp_path
     # a prior for 16 codes against a run with 8: the codebook does not fit
     fails(["sample", str(other), "-n", "2", "--prior", str(prior_dir)], "maps of 16 codes")
     assert not any((tmp_path / name).exists() for name in ("p2", "p3", "p4", "p5", "p6", "p7"))
+
+
+def test_prior_overrides_read_exponents_as_numbers():
+    from edvae.prior.train_prior import parse_overrides
+    out = parse_overrides(["train.lr=3e-4", "model.channels=64", "train.device=cpu"])
+    assert out == {"model": {"channels": 64}, "train": {"lr": 3e-4, "device": "cpu"}}

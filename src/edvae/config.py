@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import EdvaeError
+from .yaml_values import load_yaml, parse_value
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ARCHITECTURES = ("dalle", "vqvae")
@@ -201,7 +202,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise EdvaeError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise EdvaeError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -231,10 +232,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     section, rest = _section_of(key.strip())
     if section not in ("model", "train"):
         raise EdvaeError(f"unknown config key {key!r} (sections: model, train)")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
+    value = parse_value(raw)
     target = data.setdefault(section, {}) or {}
     data[section] = target
     parts = rest.split(".")

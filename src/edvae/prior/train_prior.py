@@ -27,13 +27,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 from .. import checkpoint
 from ..config import DEVICES, PRECISIONS, _build
 from ..errors import EdvaeError
 from ..model import DiscreteVAE
 from ..schedules import cosine_anneal
+from ..yaml_values import parse_value
 from .codes import cached_codes, file_sha256, run_config, run_model_file, unigram_bits
 from .pixelsnail import PRESETS, PixelSNAIL, PixelSNAILConfig, preset_for
 
@@ -106,16 +106,7 @@ def parse_overrides(assignments: list[str]) -> dict[str, dict[str, Any]]:
         section, _, name = key.strip().partition(".")
         if section not in out or not name:
             raise EdvaeError(f"unknown prior config key {key!r} (use model.KEY or train.KEY)")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        out[section][name] = value
+        out[section][name] = parse_value(raw)
     return out
 
 
