@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from edvae.config import from_dict, load_file
+from edvae.config import apply_override, from_dict, load_file
 
 ROOT = Path(__file__).parents[1]
 
@@ -22,3 +22,10 @@ def test_every_shipped_config_is_valid(path):
 def test_packaged_cpu_config_matches_the_repository_copy():
     packaged = ROOT / "src" / "edvae" / "resources" / "configs" / "fashion-mnist-cpu.yaml"
     assert packaged.read_text() == (ROOT / "configs" / "fashion-mnist-cpu.yaml").read_text()
+
+
+def test_cpu_protocol_c_is_protocol_a_at_width_64_in_bf16():
+    a = load_file(ROOT / "configs" / "fashion-mnist-cpu.yaml")
+    for assignment in ("train.precision=bf16", "model.width=64"):
+        apply_override(a, assignment)
+    assert from_dict(load_file(ROOT / "configs" / "fashion-mnist-cpu-w64.yaml")) == from_dict(a)
