@@ -143,3 +143,21 @@ def test_gradient_only_mode_skips_the_value_but_not_the_gradient():
         if not value:
             assert torch.equal(kl, torch.zeros(2, 3, 3))
     assert torch.equal(grads[0], grads[1])
+
+
+def test_large_evidence_form_penalises_the_total_evidence():
+    # docs/results.md's reading of the KL: when every alpha_k is large, Stirling's series gives
+    #   KL ~ (K-1)/2 log S - 1/2 sum_k log pi_k - lgamma(K) - (K-1)/2 (1 + log 2 pi),
+    # with S = sum alpha and pi = alpha / S; the error is O(K / min alpha). So scaling every
+    # evidence by e^c (pi unchanged) raises the KL by (K-1)/2 c.
+    g = torch.Generator().manual_seed(3)
+    z = torch.rand(4, K, generator=g) * 8 + 10  # alpha from e^10 to e^18
+    alpha = z.double().exp() + 1
+    s = alpha.sum(1)
+    pi = alpha / s[:, None]
+    form = ((K - 1) / 2 * s.log() - 0.5 * pi.log().sum(1) - math.lgamma(K)
+            - (K - 1) / 2 * (1 + math.log(2 * math.pi)))
+    kl = dirichlet_kl_uniform(z, dim=1).double()
+    assert (kl - form).abs().max() < 0.01
+    shifted = dirichlet_kl_uniform(z + 2.0, dim=1).double()  # every evidence times e^2
+    torch.testing.assert_close(shifted - kl, torch.full_like(kl, (K - 1) / 2 * 2.0), rtol=2e-5, atol=0)
