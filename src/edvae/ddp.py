@@ -69,8 +69,16 @@ def start(device: torch.device, batch_size: int) -> tuple[Group, torch.device]:
 
 
 def stop(group: Group) -> None:
+    """Leave the process group together. A rank that tears gloo down while a peer is still
+    finishing the last barrier can make that peer abort (a SIGABRT seen once, under load, after a
+    run had written everything): after the barrier every rank also checks in at the launcher's
+    key-value store and waits for all the others there (the store's timeout applies) before
+    the connections are closed."""
     if group.active and dist.is_initialized():
         dist.barrier()
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"edvae/left-barrier/{group.rank}", "1")
+        store.wait([f"edvae/left-barrier/{r}" for r in range(group.world)])
         dist.destroy_process_group()
 
 
