@@ -3,7 +3,7 @@
     python scripts/plot_width_series.py --out docs/results/beta-and-width/width-series.png \
         16=docs/results/beta-and-width/fmnist-bf16-w16/results.json \
         32=docs/results/beta-and-width/fmnist-bf16-w32/results.json \
-        64=docs/results/beta-and-width/fmnist-bf16-w64-5seeds/results.json
+        64=docs/results/beta-and-width/fmnist-bf16-w64-7seeds/results.json
 
 Each WIDTH=results.json names one compare run; every seed is drawn as a dot and the mean as a line.
 It also prints a Markdown table: per width and method the mean +- population std of the argmax
@@ -19,14 +19,26 @@ import sys
 from pathlib import Path
 
 
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def load_series(specs: list[str], methods: list[str]) -> dict[int, dict[str, list[float]]]:
     series: dict[int, dict[str, list[float]]] = {}
     for spec in specs:
         width, sep, path = spec.partition("=")
         if not sep or not width.isdigit():
-            sys.exit(f"expected WIDTH=results.json, got {spec!r}")
-        rows = json.loads(Path(path).read_text())
-        series[int(width)] = {m: [r["perplexity"] for r in rows if r["method"] == m] for m in methods}
+            fail(f"expected WIDTH=results.json, got {spec!r}")
+        try:
+            rows = json.loads(Path(path).read_text())
+            per_method = {m: [float(r["perplexity"]) for r in rows if r["method"] == m] for m in methods}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            fail(f"{path}: not a readable compare results.json ({err})")
+        for m, values in per_method.items():
+            if not values:
+                fail(f"{path}: no runs of method {m!r}")
+        series[int(width)] = per_method
     return dict(sorted(series.items()))
 
 
