@@ -18,6 +18,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from edvae.compare import mean_std
+
 
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
@@ -46,8 +48,7 @@ def table(series: dict[int, dict[str, list[float]]], methods: list[str]) -> str:
     lines = ["| width | " + " | ".join(f"{m} (seeds, mean +- std)" for m in methods)
              + f" | ratio {methods[0]} / {methods[1]} |", "|---" * (len(methods) + 2) + "|"]
     for width, per_method in series.items():
-        cells = [f"{len(v)}: {statistics.fmean(v):.1f} +- {statistics.pstdev(v):.1f}"
-                 for v in per_method.values()]
+        cells = [f"{len(v)}: {mean_std(v)}" for v in per_method.values()]
         ratio = statistics.fmean(per_method[methods[0]]) / statistics.fmean(per_method[methods[1]])
         lines.append(f"| {width} | " + " | ".join(cells) + f" | {ratio:.2f} |")
     return "\n".join(lines)

@@ -112,7 +112,8 @@ def collect(out: Path, methods: list[str], seeds: list[int]) -> list[dict[str, A
     return rows
 
 
-def _fmt(values: list[float], scale: float, digits: int) -> str:
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """Mean +- population std of the values that are not None, scaled; "-" when there are none."""
     values = [v * scale for v in values if v is not None]
     if not values:
         return "-"
@@ -126,7 +127,7 @@ def summary_table(rows: list[dict[str, Any]], methods: list[str]) -> str:
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for method in methods:
         rs = [r for r in rows if r["method"] == method]
-        cells = [_fmt([r.get(key) for r in rs], scale, d) for key, _, scale, d in COLUMNS]
+        cells = [mean_std([r.get(key) for r in rs], scale, d) for key, _, scale, d in COLUMNS]
         lines.append(f"| {method} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
