@@ -1,0 +1,26 @@
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+from paired_seeds import two_sided_p  # noqa: E402
+
+
+@pytest.mark.parametrize("t", [0.3, 1.0, 2.5, 6.0])
+def test_two_sided_p_matches_the_closed_form_at_two_degrees_of_freedom(t):
+    # Student's t with 2 dof: P(|T| >= t) = 1 - t / sqrt(2 + t^2)
+    assert two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+
+
+def test_two_sided_p_at_tabulated_quantiles():
+    # 97.5% quantiles of Student's t: 2.776445 (4 dof), 2.446912 (6 dof); 95%: 1.812461 (10 dof)
+    assert two_sided_p(2.776445, 4) == pytest.approx(0.05, rel=1e-5)
+    assert two_sided_p(-2.446912, 6) == pytest.approx(0.05, rel=1e-5)
+    assert two_sided_p(1.812461, 10) == pytest.approx(0.10, rel=1e-5)
+    assert two_sided_p(0.0, 5) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_two_sided_p_matches_the_cauchy_at_one_degree_of_freedom():
+    assert two_sided_p(1.7, 1) == pytest.approx(1 - 2 / math.pi * math.atan(1.7), rel=1e-6)
