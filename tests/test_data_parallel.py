@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from edvae import ddp
 from edvae.config import from_dict
 from edvae.data import to_model_input
+from edvae.errors import EdvaeError
 from edvae.model import DiscreteVAE
 from edvae.schedules import Schedules
 from edvae.train import BatchOrder, load_splits, step_seed
@@ -20,7 +22,7 @@ from edvae.train import BatchOrder, load_splits, step_seed
 ARGS = ["--dataset", "synthetic", "--set", "train.limit_train=64", "--set", "train.limit_test=32",
         "--batch-size", "8", "--steps", "3", "--set", "model.width=4", "--set", "model.codebook_size=16",
         "--set", "model.codebook_dim=4", "--set", "train.threads=1", "--set", "train.log_every=2",
-        "--no-progress"]
+        "--no-progress", "--device", "cpu"]  # gloo on the CPU, whatever the machine has
 
 
 def simulate(cfg, world: int) -> dict[str, torch.Tensor]:
@@ -74,3 +76,12 @@ def test_batch_not_divisible_by_processes_is_a_clear_error(tmp_path):
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode != 0
     assert "train.batch_size 8 is not divisible by the 3 processes" in proc.stderr
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(EdvaeError, match=r"process 1 of this machine has no CUDA device \(1 visible\)"):
+        ddp.start(torch.device("cuda"), batch_size=8)

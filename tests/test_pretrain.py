@@ -219,7 +219,7 @@ def test_two_processes_pretrain_then_quantize_as_simulated(tmp_path):
             "--batch-size", "8", "--steps", "4", "--pretrain-steps", "2", "--set", "model.width=4",
             "--set", "model.init_std=0.3",
             "--set", "model.codebook_size=16", "--set", "model.codebook_dim=4", "--set", "train.threads=1",
-            "--set", "train.log_every=1", "--no-progress"]
+            "--set", "train.log_every=1", "--no-progress", "--device", "cpu"]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                            "2", "-m", "edvae", "train", "--method", "gs-vq", *args, "--out", str(run)],
                           capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))

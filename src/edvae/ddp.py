@@ -61,6 +61,10 @@ def start(device: torch.device, batch_size: int) -> tuple[Group, torch.device]:
         raise EdvaeError(f"train.batch_size {batch_size} is not divisible by the {world} processes")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise EdvaeError(f"process {local_rank} of this machine has no CUDA device ({visible} visible): "
+                             f"start at most {visible} processes per machine, or train on --device cpu")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

@@ -28,7 +28,7 @@ from torch import nn
 
 from . import checkpoint, ddp, kmeans
 from .config import RunConfig, from_dict
-from .data import ImageSet, load_dataset, to_model_input
+from .data import ImageSet, InMemoryImages, load_dataset, to_model_input
 from .denormals import flush_denormals
 from .errors import EdvaeError
 from .metrics import code_counts, perplexity
@@ -74,18 +74,21 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
 class BatchOrder:
     """Batch `step` of a run: a slice of the permutation of epoch step // steps_per_epoch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device | str = "cpu"):
         if n < batch_size:
             raise EdvaeError(f"the training set has {n} images, fewer than one batch of {batch_size}")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.per_epoch = n // batch_size
+        self.device = torch.device(device)
         self._epoch, self._perm = -1, None
 
     def indices(self, step: int) -> torch.Tensor:
+        """On `device`: the permutation (drawn on the CPU, the same on every device) is copied there
+        once per epoch, not a batch of indices per step."""
         epoch, i = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).to(self.device)
         return self._perm[i * self.batch_size:(i + 1) * self.batch_size]
 
 
@@ -231,7 +234,9 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, evaluate_at_
     autoencoder = ddp.wrap(Autoencoder(model), group, device) if start < pretrain else None
     sched = Schedules(t.steps, t.schedule_steps, t.lr, t.lr_min, t.lr_anneal_steps, t.beta_max,
                       t.beta_ramp_steps, t.temperature_decay, t.temperature_min)
-    order = BatchOrder(len(train_set), t.batch_size, t.seed)
+    # indices where the images are: a set held on the GPU is indexed with no copy per step
+    order = BatchOrder(len(train_set), t.batch_size, t.seed,
+                       train_set.device if isinstance(train_set, InMemoryImages) else "cpu")
     log = MetricsLog(out, start) if group.main else None
     bar = None
     if progress:

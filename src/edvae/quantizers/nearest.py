@@ -63,7 +63,9 @@ def nearest(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 def cluster_stats(flat: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per code: how many rows chose it (K,) and the sum of those rows (K, D), both float32."""
     flat = flat.float()
-    counts = torch.bincount(indices, minlength=k).float()
+    # index_add_ rather than bincount: bincount on a GPU reads the largest index back to the host
+    counts = torch.zeros(k, device=flat.device, dtype=torch.float32)
+    counts.index_add_(0, indices, torch.ones_like(indices, dtype=torch.float32))
     sums = torch.zeros(k, flat.shape[1], device=flat.device, dtype=torch.float32)
     sums.index_add_(0, indices, flat)
     return counts, sums

@@ -124,14 +124,19 @@ class STEVQQuantizer(NearestCodewordQuantizer):
         return c * scale + shift
 
     @torch.no_grad()
-    def _set_codes(self, codes: torch.Tensor, values: torch.Tensor) -> None:
-        """Make the effective codewords `codes` equal `values` (inverting the affine map)."""
+    def _raw(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The raw codewords whose effective codewords `codes` are `values` (the inverse affine map)."""
         if self.affine_groups:
             scale, shift = self._affine()
             s = scale[codes]
             s = torch.where(s.abs() < 1e-6, torch.full_like(s, 1e-6), s)  # a degenerate group
             values = (values - shift[codes]) / s
-        self.codebook[codes] = values.to(self.codebook.dtype)
+        return values.to(self.codebook.dtype)
+
+    @torch.no_grad()
+    def _set_codes(self, codes: torch.Tensor, values: torch.Tensor) -> None:
+        """Make the effective codewords `codes` equal `values`."""
+        self.codebook[codes] = self._raw(codes, values)
 
     @torch.no_grad()
     def init_codebook(self, vectors: torch.Tensor) -> None:
@@ -169,21 +174,25 @@ class STEVQQuantizer(NearestCodewordQuantizer):
 
     @torch.no_grad()
     def _replace_dead(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
+        """Reset the codes unused for `dead_after` steps. Written without a host read (no nonzero,
+        no branch on the count), so a GPU step never waits: candidates are drawn for every code and
+        kept only where the code is dead."""
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
-        dead = (self.unused_steps >= self.dead_after).nonzero().squeeze(1)
-        n = dead.numel()  # identical on every rank: the counts are summed over ranks
-        if n == 0:
-            return
+        dead = self.unused_steps >= self.dead_after  # (K,), identical on every rank: counts are global
         candidates = all_gather_cat(flat)
-        values = torch.empty(n, self.codebook_dim, device=flat.device)
+        values = torch.empty(self.codebook_size, self.codebook_dim, device=flat.device)
         if rank() == 0:  # the random choice is rank 0's, broadcast
-            v = random_rows(candidates, n)
+            m = candidates.shape[0]
+            # the j-th dead code takes row perm[j]: distinct rows while there are enough
+            slot = (dead.long().cumsum(0) - 1).clamp(min=0) % m
+            v = candidates[torch.randperm(m, device=flat.device)[slot]]
             if self.dead_noise > 0:
                 v = v + self.dead_noise * v.norm(dim=1, keepdim=True) * torch.randn_like(v)
             values.copy_(v)
         broadcast_(values)
-        self._set_codes(dead, values)
-        self.unused_steps[dead] = 0
+        replaced = self._raw(torch.arange(self.codebook_size, device=flat.device), values)
+        self.codebook.copy_(torch.where(dead[:, None], replaced, self.codebook))
+        self.unused_steps.masked_fill_(dead, 0)
 
     # ------------------------------------------------------------------ forward
 
