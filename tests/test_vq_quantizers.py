@@ -219,6 +219,22 @@ def test_dead_code_replacement_replaces_exactly_the_stale_codes(affine):
     torch.testing.assert_close(q.effective_codebook()[2:], after[2:])
 
 
+@pytest.mark.parametrize("n_rows", [3, 2])
+def test_codes_that_die_together_take_distinct_rows_while_there_are_enough(n_rows):
+    torch.manual_seed(0)
+    q = STEVQQuantizer(4, 2, **{**PLAIN, "dead_after": 1, "dead_noise": 0.0})
+    _set_codebook(q, [[0.0, 0.0], [50.0, 0.0], [0.0, 50.0], [50.0, 50.0]])
+    rows = [[0.1, 0.2], [0.3, -0.1], [-0.2, 0.1]][:n_rows]  # all nearest to code 0
+    q(_points(*rows))
+    new = q.effective_codebook().detach()[1:]  # codes 1-3 died together
+    batch = torch.tensor(rows)
+    picked = [int((batch - c).abs().sum(1).argmin()) for c in new]
+    assert all(bool((batch[i] - c).abs().max() < 1e-6) for i, c in zip(picked, new, strict=True))
+    # three dead codes: three distinct rows when the batch has three, else every row is used
+    assert len(set(picked)) == n_rows
+    assert q.unused_steps.tolist() == [0, 0, 0, 0]
+
+
 def test_kmeans_init_runs_once_and_not_again_after_save_and_load(tmp_path):
     torch.manual_seed(0)
     q = STEVQQuantizer(2, 2, **{**PLAIN, "kmeans_init_iters": 5})

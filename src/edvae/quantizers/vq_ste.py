@@ -176,7 +176,8 @@ class STEVQQuantizer(NearestCodewordQuantizer):
     def _replace_dead(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
         """Reset the codes unused for `dead_after` steps. Written without a host read (no nonzero,
         no branch on the count), so a GPU step never waits: candidates are drawn for every code and
-        kept only where the code is dead."""
+        kept only where the code is dead. The price: under data parallelism the global batch is
+        gathered at every step, not only when a code has died."""
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
         dead = self.unused_steps >= self.dead_after  # (K,), identical on every rank: counts are global
         candidates = all_gather_cat(flat)
