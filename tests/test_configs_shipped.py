@@ -29,3 +29,9 @@ def test_cpu_protocol_c_is_protocol_a_at_width_64_in_bf16():
     for assignment in ("train.precision=bf16", "model.width=64"):
         apply_override(a, assignment)
     assert from_dict(load_file(ROOT / "configs" / "fashion-mnist-cpu-w64.yaml")) == from_dict(a)
+
+
+def test_cpu_protocol_d_is_protocol_c_over_6000_steps():
+    c = load_file(ROOT / "configs" / "fashion-mnist-cpu-w64.yaml")
+    apply_override(c, "train.steps=6000")
+    assert from_dict(load_file(ROOT / "configs" / "fashion-mnist-cpu-w64-6000.yaml")) == from_dict(c)
