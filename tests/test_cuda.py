@@ -55,12 +55,16 @@ def test_a_training_step_between_logs_never_waits_for_the_gpu(method):
 def test_cpu_and_cuda_compute_the_same_model_in_fp32(method):
     cpu, gpu = small_model(method, "cpu").eval(), small_model(method, "cuda").eval()
     images = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        torch.backends.cuda.matmul.allow_tf32 = False
-        logits_cpu = cpu.encoder(images.float() / 255 - 0.5)
-        logits_gpu = gpu.encoder(images.cuda().float() / 255 - 0.5)
-        codes = cpu.encode(images)
-        decoded_cpu, decoded_gpu = cpu.decode(codes), gpu.decode(codes.cuda())
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # full float32 on the GPU too
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            logits_cpu = cpu.encoder(images.float() / 255 - 0.5)
+            logits_gpu = gpu.encoder(images.cuda().float() / 255 - 0.5)
+            codes = cpu.encode(images)
+            decoded_cpu, decoded_gpu = cpu.decode(codes), gpu.decode(codes.cuda())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.testing.assert_close(logits_gpu.cpu(), logits_cpu, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(decoded_gpu.cpu(), decoded_cpu, rtol=1e-4, atol=1e-4)
     # argmax codes agree except where two logits are within rounding of each other
