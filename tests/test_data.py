@@ -243,6 +243,9 @@ def test_celeba(tmp_path):
     cached = load_dataset("celeba", "train", root=tmp_path, cache_to_memory=True)
     assert isinstance(cached, InMemoryImages)
     assert torch.equal(cached.batch(torch.tensor([2, 0])), x)
+    # a streamed set takes CPU indices wherever its batches go; a set in memory takes them beside it
+    assert train.to("meta").index_device == torch.device("cpu")
+    assert cached.to("meta").index_device == torch.device("meta")
     assert load_dataset("celeba", "test", root=tmp_path, size=32, channels=1).batch(
         torch.tensor([0])).shape == (1, 1, 32, 32)
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from . import checkpoint, ddp, kmeans
 from .config import RunConfig, from_dict
-from .data import ImageSet, InMemoryImages, load_dataset, to_model_input
+from .data import ImageSet, load_dataset, to_model_input
 from .denormals import flush_denormals
 from .errors import EdvaeError
 from .metrics import code_counts, perplexity
@@ -234,9 +234,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, evaluate_at_
     autoencoder = ddp.wrap(Autoencoder(model), group, device) if start < pretrain else None
     sched = Schedules(t.steps, t.schedule_steps, t.lr, t.lr_min, t.lr_anneal_steps, t.beta_max,
                       t.beta_ramp_steps, t.temperature_decay, t.temperature_min)
-    # indices where the images are: a set held on the GPU is indexed with no copy per step
-    order = BatchOrder(len(train_set), t.batch_size, t.seed,
-                       train_set.device if isinstance(train_set, InMemoryImages) else "cpu")
+    # indices where the set takes them: one held on the GPU is indexed with no copy per step
+    order = BatchOrder(len(train_set), t.batch_size, t.seed, train_set.index_device)
     log = MetricsLog(out, start) if group.main else None
     bar = None
     if progress:

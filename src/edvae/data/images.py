@@ -39,6 +39,11 @@ class ImageSet:
     def device(self) -> torch.device:
         raise NotImplementedError
 
+    @property
+    def index_device(self) -> torch.device:
+        """Where `batch` takes its indices without a copy (a set decoded item by item: the CPU)."""
+        return torch.device("cpu")
+
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) on self.device."""
         raise NotImplementedError
@@ -70,6 +75,10 @@ class InMemoryImages(ImageSet):
 
     @property
     def device(self) -> torch.device:
+        return self.images.device
+
+    @property
+    def index_device(self) -> torch.device:
         return self.images.device
 
     def batch(self, indices: torch.Tensor) -> torch.Tensor:

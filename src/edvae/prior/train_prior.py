@@ -226,8 +226,8 @@ def train_prior(run_dir: str | Path, out: str | Path, overrides: list[str] | Non
     optimizer = torch.optim.Adam(prior.parameters(), lr=t.lr)
     state = out / checkpoint.STATE_FILE
     start = checkpoint.load_state(state, prior, optimizer) if resume and state.is_file() else 0
-    order = BatchOrder(len(train_codes), t.batch_size, t.seed)
     data = train_codes.to(dev)
+    order = BatchOrder(len(train_codes), t.batch_size, t.seed, dev)  # indices beside the codes
     metrics = MetricsLog(out, start, PRIOR_FIELDS)
     bar = None
     if progress:
@@ -239,7 +239,7 @@ def train_prior(run_dir: str | Path, out: str | Path, overrides: list[str] | Non
     try:
         for step in range(start, t.steps):
             torch.manual_seed(step_seed(t.seed, step))
-            x = data[order.indices(step).to(dev)].long()
+            x = data[order.indices(step)].long()
             lr = cosine_anneal(step, t.steps, t.lr, t.lr_min)
             for group in optimizer.param_groups:
                 group["lr"] = lr
