@@ -33,10 +33,29 @@ def test_grid_trains_every_run_reports_and_resumes_without_retraining(tmp_path, 
 
 def test_a_failing_run_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "grid"
+    # a valid config whose data is missing: it fails only once the run loads its data
     assert main(["compare", "--methods", "dvae", "--seeds", "0", "--out", str(out), *GRID,
-                 "--set", "train.dataset=no-such-set"]) == 2
+                 "--set", "train.dataset=fashion-mnist", "--set", f"train.data_dir={tmp_path / 'none'}"]) == 2
     err = capsys.readouterr().err
     assert "runs failed: dvae-seed0" in err and str(out) in err
+
+
+def test_every_run_is_validated_before_any_starts(tmp_path, capsys):
+    """A bad value, in the shared settings or in one variant, stops the grid before a single
+    process starts: exit 2, one line naming the grid entry, nothing written."""
+    out = tmp_path / "grid"
+    assert main(["compare", "--methods", "dvae", "--seeds", "0", "--out", str(out), *GRID,
+                 "--set", "train.dataset=no-such-set"]) == 2
+    captured = capsys.readouterr()
+    assert "start" not in captured.out
+    assert captured.err.count("\n") == 1 and "grid entry dvae-seed0" in captured.err
+    assert "unknown dataset 'no-such-set'" in captured.err
+    assert main(["compare", "--methods", "edvae", "bad", "--seeds", "0", "1", "--out", str(out), *GRID,
+                 "--variant", "bad", "edvae", "model.options.clamp_max=abc"]) == 2
+    captured = capsys.readouterr()
+    assert "start" not in captured.out and "grid entry bad-seed0" in captured.err
+    assert "model.options.clamp_max: expected a number, got 'abc'" in captured.err
+    assert not out.exists()
 
 
 def test_a_variant_is_a_method_with_its_own_settings(tmp_path):

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from edvae import ddp
 from edvae.config import from_dict
 from edvae.data import to_model_input
+from edvae.engine import ddp
+from edvae.engine.runtime import BatchOrder, step_seed
 from edvae.errors import EdvaeError
 from edvae.model import DiscreteVAE
+from edvae.run_folder import load_splits
 from edvae.schedules import Schedules
-from edvae.train import BatchOrder, load_splits, step_seed
 
 ARGS = ["--dataset", "synthetic", "--set", "train.limit_train=64", "--set", "train.limit_test=32",
         "--batch-size", "8", "--steps", "3", "--set", "model.width=4", "--set", "model.codebook_size=16",

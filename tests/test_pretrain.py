@@ -13,17 +13,20 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from edvae import checkpoint, ddp
+from edvae import checkpoint
 from edvae.cli import build_config, parser
 from edvae.config import from_dict
 from edvae.data import to_model_input
+from edvae.engine import ddp
+from edvae.engine.runtime import BatchOrder, step_seed
 from edvae.errors import EdvaeError
 from edvae.kmeans import INIT_BATCHES, INIT_ITERS, kmeans
 from edvae.model import DiscreteVAE
 from edvae.quantizers import build_quantizer
 from edvae.quantizers.nearest import flatten
+from edvae.run_folder import load_splits
 from edvae.schedules import Schedules
-from edvae.train import BatchOrder, load_splits, step_seed, train
+from edvae.train import train
 
 CODEBOOK_METHODS = ["vq-ema", "vq-ste++", "gs-vq", "sq-vae"]
 

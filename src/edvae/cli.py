@@ -19,27 +19,41 @@ def _packaged_config(name: str) -> Path:
     return Path(__file__).parent / "resources" / "configs" / name
 
 
-def build_config(args: argparse.Namespace):
-    from .config import apply_override, from_dict, load_file
+# the flags every command that trains shares, and the config keys they set
+TRAINING_FLAGS = {"steps": "train.steps", "batch_size": "train.batch_size", "seed": "train.seed",
+                  "device": "train.device"}
+VAE_FLAGS = {**TRAINING_FLAGS, "method": "model.method", "dataset": "train.dataset",
+             "data_dir": "train.data_dir", "width": "model.width", "pretrain_steps": "train.pretrain_steps"}
 
-    data = load_file(args.config) if args.config else {}
-    flags = {"method": "model.method", "dataset": "train.dataset", "data_dir": "train.data_dir",
-             "steps": "train.steps", "batch_size": "train.batch_size", "width": "model.width",
-             "seed": "train.seed", "device": "train.device", "pretrain_steps": "train.pretrain_steps"}
-    for attr, key in flags.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            section, name = key.split(".")
-            data.setdefault(section, {})[name] = value
-    for assignment in args.set or []:
-        apply_override(data, assignment)
-    return from_dict(data)
+
+def flag_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, object]:
+    return {key: getattr(args, attr, None) for attr, key in flags.items()}
+
+
+def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    """The flags given, as `key=value` assignments, then --set's."""
+    given = [f"{key}={value}" for key, value in flag_values(args, flags).items() if value is not None]
+    return [*given, *(args.set or [])]
+
+
+def config_mapping(args: argparse.Namespace) -> dict[str, object]:
+    """What `edvae train` was given: the --config file, the flags, then --set."""
+    from .config import config_data
+
+    return config_data(args.config, flag_values(args, VAE_FLAGS), args.set or [])
+
+
+def build_config(args: argparse.Namespace):
+    """The validated config of a new run from `edvae train`'s arguments."""
+    from .config import from_dict
+
+    return from_dict(config_mapping(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import resumed_config, train
 
-    cfg = build_config(args)
+    cfg = resumed_config(Path(args.out), config_mapping(args)) if args.resume else build_config(args)
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if result is not None:  # None on the other ranks of a data-parallel run
         print(json.dumps({k: v for k, v in result.items() if k != "code_counts"}, indent=2))
@@ -80,7 +94,8 @@ def cmd_compare(args: argparse.Namespace, command: str | None = None) -> int:
 
     out = Path(args.out)
     variants = parse_variants(getattr(args, "variant", None) or [])
-    rows = run_grid(args.methods, args.seeds, out, args.config, args.set or [], args.jobs, args.threads,
+    overrides = flag_overrides(args, {k: v for k, v in VAE_FLAGS.items() if k not in ("method", "seed")})
+    rows = run_grid(args.methods, args.seeds, out, args.config, overrides, args.jobs, args.threads,
                     variants)
     table = write_report(out, rows, args.methods, command or "edvae " + shlex.join(sys.argv[1:]))
     print(table)
@@ -92,7 +107,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.config = str(_packaged_config(DEFAULT_CPU_CONFIG))
     args.methods = ["edvae", "dvae"]
     args.seeds = [0]
-    args.set = [f"train.steps={args.steps}", *(args.set or [])]
     return cmd_compare(args)
 
 
@@ -100,9 +114,10 @@ def cmd_prior_train(args: argparse.Namespace) -> int:
     from .prior.train_prior import train_prior
 
     out = args.out or str(Path(args.run_dir) / "prior")
-    result = train_prior(args.run_dir, out, overrides=args.set or [], preset=args.preset,
-                         resume=args.resume, codes_cache=args.codes_cache, progress=not args.no_progress,
-                         device=args.device, log=lambda m: print(m, file=sys.stderr))
+    result = train_prior(args.run_dir, out, overrides=flag_overrides(args, TRAINING_FLAGS),
+                         preset=args.preset, resume=args.resume, codes_cache=args.codes_cache,
+                         progress=not args.no_progress,
+                         log=lambda m: print(m, file=sys.stderr))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -119,7 +134,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_fid(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_write_text
-    from .fid import measure
+    from .fid import measure, summary_line
 
     result = measure(run_dir=args.run, samples=args.samples, reconstructions=args.reconstructions,
                      reference=args.reference, split=args.split, limit=args.limit, features=args.features,
@@ -129,6 +144,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2)
     if args.output:
         atomic_write_text(Path(args.output), text + "\n")
+    print(summary_line(result), file=sys.stderr)  # stdout stays one JSON document
     print(text)
     return 0
 
@@ -158,6 +174,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def add_training_flags(p: argparse.ArgumentParser, steps_default: int | None = None) -> None:
+    """--steps, --batch-size, --seed, --device and --set: the same on every command that trains."""
+    p.add_argument("--steps", type=int, default=steps_default, help="training steps (train.steps)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="train.batch_size")
+    p.add_argument("--seed", type=int, help="train.seed")
+    p.add_argument("--device", help="auto, cpu, cuda, mps (train.device)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edvae", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -167,15 +192,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--method", help="quantizer: " + ", ".join(sorted(QUANTIZERS)))
     t.add_argument("--dataset", help="fashion-mnist, cifar10, celeba, lsun-church, folder, synthetic")
     t.add_argument("--data-dir", dest="data_dir")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--batch-size", dest="batch_size", type=int)
     t.add_argument("--width", type=int)
-    t.add_argument("--seed", type=int)
     t.add_argument("--pretrain-steps", dest="pretrain_steps", type=int,
                    help="train encoder -> decoder this many steps without quantization, then set the "
                         "codebook by K-means on encoder outputs (codebook methods only)")
-    t.add_argument("--device", help="auto, cpu, cuda, mps")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
+    add_training_flags(t)
     t.add_argument("--out", required=True, help="run folder (must be new unless --resume)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     t.add_argument("--no-progress", action="store_true")
@@ -210,9 +231,12 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--config")
             c.add_argument("--variant", nargs="+", action="append", metavar="LABEL METHOD [KEY=VALUE]",
                            help="a labelled method with its own settings, usable in --methods")
-        else:
-            c.add_argument("--steps", type=int, default=1500)
-        c.add_argument("--set", action="append", metavar="KEY=VALUE")
+        c.add_argument("--steps", type=int, default=1500 if name == "demo" else None,
+                       help="training steps of every run (train.steps)")
+        c.add_argument("--batch-size", dest="batch_size", type=int, help="train.batch_size")
+        c.add_argument("--width", type=int, help="model.width")
+        c.add_argument("--device", help="auto, cpu, cuda, mps (train.device)")
+        c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
         c.add_argument("--out", default="runs/demo" if name == "demo" else "runs/compare")
         c.add_argument("--jobs", type=int, default=2, help="runs trained at once")
         c.add_argument("--threads", type=int, default=1, help="CPU threads per run")
@@ -225,12 +249,9 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("run_dir")
     pt.add_argument("--out", help="prior folder (new unless --resume); default RUN_DIR/prior")
     pt.add_argument("--preset", default="auto", help="auto (by map size), 8x8, 16x16, 32x32")
-    pt.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="model.channels, model.blocks, model.res_blocks, model.dropout, train.steps, "
-                         "train.batch_size, train.lr, train.seed, ... (see docs/prior.md)")
+    add_training_flags(pt)  # --set: model.channels, model.blocks, train.lr, ... (docs/prior.md)
     pt.add_argument("--codes-cache", dest="codes_cache", help="folder for the cached code maps; "
                     "default the prior folder")
-    pt.add_argument("--device", help="auto, cpu, cuda, mps (default: the config's, auto)")
     pt.add_argument("--resume", action="store_true", help="continue the prior in --out exactly")
     pt.add_argument("--no-progress", action="store_true")
     pt.set_defaults(func=cmd_prior_train)
@@ -247,20 +268,24 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("--device", default="auto")
     sa.set_defaults(func=cmd_sample)
 
-    f = sub.add_parser("fid", help="FID (InceptionV3 via torch-fidelity) or FD_edvae-classifier "
-                                   "of samples or reconstructions against a data split or folder")
+    f = sub.add_parser("fid", help="FID (edvae's InceptionV3 of FID) or FD_edvae-classifier of samples "
+                                   "or reconstructions against a data split or folder (docs/prior.md)")
     f.add_argument("--run", help="run folder: its dataset is the reference, its model reconstructs")
     f.add_argument("--samples", help="folder of generated images (e.g. SAMPLES/images)")
     f.add_argument("--reconstructions", action="store_true",
-                   help="measure the run's reconstructions of the reference split instead of samples")
+                   help="measure the run's reconstructions of the reference split instead of samples (rFID)")
     f.add_argument("--reference", help="folder of reference images instead of the run's split")
-    f.add_argument("--split", default="test", help="the run's split used as reference (train, test)")
+    f.add_argument("--split", choices=["train", "test"],
+                   help="the run's split used as reference; default train for --samples (the paper's "
+                        "Table 3), test for --reconstructions (rFID)")
     f.add_argument("--limit", type=int, help="use the first N reference images")
     f.add_argument("--features", default="inception", choices=["inception", "classifier"],
-                   help="inception: FID, comparable with the paper (needs edvae[fid]); classifier: "
+                   help="inception: FID, comparable with the paper; classifier: "
                         "FD_edvae-classifier, no downloaded weights, NOT comparable with FID")
-    f.add_argument("--inception-weights", dest="inception_weights",
-                   help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth, to run offline")
+    f.add_argument("--inception-weights", dest="inception_weights", metavar="FILE",
+                   help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or "
+                        "weights-inception-2015-12-05-6726825d.pth (torch-fidelity), checked by SHA-256; "
+                        "default: either name in torch.hub's checkpoint folder. Never downloaded")
     f.add_argument("--classifier", help="classifier file (.safetensors); trained on the run's dataset "
                                         "and saved there if missing (default ~/.cache/edvae/fd-classifier)")
     f.add_argument("--classifier-steps", dest="classifier_steps", type=_positive_int, default=1500)
@@ -302,3 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+if __name__ == "__main__":  # python -m edvae.cli, as python -m edvae
+    sys.exit(main())

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_write_text
+from .engine.loop import Fit, Phase, StepOutput, fit
 from .errors import EdvaeError
 from .kmeans import kmeans
 from .metrics import perplexity
@@ -144,6 +145,33 @@ def _stream(seed: int, purpose: int) -> torch.Generator:
 # ------------------------------------------------------------------ one run
 
 
+class CollapseSteps:
+    """One arm's step functions: batches and K-means data from their own seeded streams."""
+
+    def __init__(self, cfg: StudyConfig, means: torch.Tensor, model: VQAutoencoder, codebook_size: int,
+                 seed: int):
+        self.cfg, self.means, self.model, self.k, self.seed = cfg, means, model, codebook_size, seed
+        self.batches, self.init_data = _stream(seed, 1), _stream(seed, 2)
+        self.init: dict[str, Any] = {}
+
+    def init_codebook(self, done: int = 0) -> None:
+        """The codebook from K-means of the encoder's outputs, as they are now."""
+        with torch.no_grad():
+            z = self.model.encoder(sample(self.cfg, self.means, self.cfg.init_points, self.init_data)[0])
+        result = kmeans(z, self.k, iters=self.cfg.kmeans_iters, seed=self.seed)
+        self.model.vq.init_codebook(result.centroids)
+        self.init = {"kmeans_inertia": result.inertia, "kmeans_used": int((result.counts > 0).sum())}
+
+    def autoencoder_step(self, step: int, values: dict[str, float], report: bool) -> StepOutput:
+        x, _ = sample(self.cfg, self.means, self.cfg.batch_size, self.batches)
+        return StepOutput(F.mse_loss(self.model.decoder(self.model.encoder(x)), x))
+
+    def quantized_step(self, step: int, values: dict[str, float], report: bool) -> StepOutput:
+        x, _ = sample(self.cfg, self.means, self.cfg.batch_size, self.batches)
+        out = self.model.quantize(self.model.encoder(x))
+        return StepOutput(F.mse_loss(self.model.decoder(out.z_q[:, :, 0, 0]), x) + out.loss)
+
+
 def train_one(cfg: StudyConfig, means: torch.Tensor, test: torch.Tensor, arm: str, codebook_size: int,
               width: int, seed: int, keep_latents: bool = False) -> dict[str, Any]:
     """Train one arm at one (codebook size, width, seed); its test measures."""
@@ -151,28 +179,16 @@ def train_one(cfg: StudyConfig, means: torch.Tensor, test: torch.Tensor, arm: st
     model = VQAutoencoder(cfg, width, codebook_size)
     params = [*model.encoder.parameters(), *model.decoder.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr, foreach=True)
-    batches, init_data = _stream(seed, 1), _stream(seed, 2)
+    run = CollapseSteps(cfg, means, model, codebook_size, seed)
     pretrain = cfg.pretrain_steps if arm == "pretrain" else 0
-    init_at = pretrain if arm in ("kmeans", "pretrain") else None
-    init = {}
+    phases = [Phase(cfg.steps, run.quantized_step)]
+    if pretrain:  # encoder -> decoder alone, then the codebook from the trained encoder
+        phases.insert(0, Phase(pretrain, run.autoencoder_step, run.init_codebook))
+    elif arm in ("kmeans", "pretrain"):  # the codebook from the untrained encoder
+        run.init_codebook()
     model.train()
-    for step in range(cfg.steps):
-        if step == init_at:
-            with torch.no_grad():
-                z = model.encoder(sample(cfg, means, cfg.init_points, init_data)[0])
-            result = kmeans(z, codebook_size, iters=cfg.kmeans_iters, seed=seed)
-            model.vq.init_codebook(result.centroids)
-            init = {"kmeans_inertia": result.inertia, "kmeans_used": int((result.counts > 0).sum())}
-        x, _ = sample(cfg, means, cfg.batch_size, batches)
-        z = model.encoder(x)
-        if step < pretrain:
-            loss = F.mse_loss(model.decoder(z), x)
-        else:
-            out = model.quantize(z)
-            loss = F.mse_loss(model.decoder(out.z_q[:, :, 0, 0]), x) + out.loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    fit(Fit(model, opt, phases, lambda _: {"lr": cfg.lr}, seed, torch.device("cpu"), log_every=cfg.steps,
+            out=None, name=f"collapse study run {arm} K={codebook_size} width={width} seed={seed}"))
     model.eval()
     with torch.no_grad():
         z = model.encoder(test)
@@ -181,7 +197,7 @@ def train_one(cfg: StudyConfig, means: torch.Tensor, test: torch.Tensor, arm: st
         counts = torch.bincount(out.indices.reshape(-1), minlength=codebook_size)
         row = {"arm": arm, "codebook_size": codebook_size, "width": width, "seed": seed,
                "perplexity": perplexity(counts), "used_codes": int((counts > 0).sum()),
-               "mse": float(F.mse_loss(x_hat, test)), **init}
+               "mse": float(F.mse_loss(x_hat, test)), **run.init}
     if keep_latents:
         row["_latents"] = z.clone()
         row["_codebook"] = model.vq.codebook.clone()

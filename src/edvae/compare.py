@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_write_text
+from .config import config_data, from_dict
 from .errors import EdvaeError
+from .plots import save_grouped_curves
+from .quantizers import QUANTIZERS
 
 COLUMNS = (("perplexity", "perplexity (argmax)", 1.0, 1),
            ("perplexity_sampled", "perplexity (sampled)", 1.0, 1),
@@ -29,8 +32,6 @@ COLUMNS = (("perplexity", "perplexity (argmax)", 1.0, 1),
 
 def parse_variants(specs: list[list[str]]) -> dict[str, tuple[str, list[str]]]:
     """`--variant LABEL METHOD [KEY=VALUE ...]` specs -> {label: (method, overrides)}."""
-    from .quantizers import QUANTIZERS
-
     variants: dict[str, tuple[str, list[str]]] = {}
     for spec in specs:
         if len(spec) < 2:
@@ -47,16 +48,29 @@ def parse_variants(specs: list[list[str]]) -> dict[str, tuple[str, list[str]]]:
     return variants
 
 
-def run_grid(methods: list[str], seeds: list[int], out: Path, config: str | None,
-             overrides: list[str], jobs: int, threads: int,
-             variants: dict[str, tuple[str, list[str]]] | None = None) -> list[dict[str, Any]]:
-    from .quantizers import QUANTIZERS
-
-    variants = variants or {}
+def check_grid(methods: list[str], seeds: list[int], config: str | None, overrides: list[str],
+               variants: dict[str, tuple[str, list[str]]]) -> None:
+    """Every run's config built and validated here, before any run starts; a bad one names its
+    grid entry."""
     unknown = [m for m in methods if m not in QUANTIZERS and m not in variants]
     if unknown:
         raise EdvaeError(f"unknown method or variant {unknown[0]!r} (methods: {', '.join(QUANTIZERS)}; "
                          f"variants: {', '.join(variants) or 'none given'})")
+    for seed in seeds:
+        for entry in methods:
+            method, extra = variants.get(entry, (entry, []))
+            try:
+                from_dict(config_data(config, {"model.method": method, "train.seed": seed},
+                                      [*overrides, *extra]))
+            except EdvaeError as exc:
+                raise EdvaeError(f"grid entry {entry}-seed{seed}: {exc}") from None
+
+
+def run_grid(methods: list[str], seeds: list[int], out: Path, config: str | None,
+             overrides: list[str], jobs: int, threads: int,
+             variants: dict[str, tuple[str, list[str]]] | None = None) -> list[dict[str, Any]]:
+    variants = variants or {}
+    check_grid(methods, seeds, config, overrides, variants)
     out.mkdir(parents=True, exist_ok=True)
     pending = []
     for seed in seeds:  # seed-major: the methods of one seed run side by side
@@ -147,8 +161,6 @@ def training_curves(out: Path, rows: list[dict[str, Any]]) -> dict[str, list[lis
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], methods: list[str], command: str) -> str:
-    from .plots import save_grouped_curves
-
     table = summary_table(rows, methods)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
     curves = training_curves(out, rows)

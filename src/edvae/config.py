@@ -5,8 +5,8 @@ An unknown key, a value of the wrong type or out of range is an EdvaeError namin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
+from .data import DATASETS
 from .errors import EdvaeError
+from .quantizers import QUANTIZERS
 from .yaml_values import load_yaml, parse_value
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -142,23 +144,29 @@ def _build(cls, section: str, values: dict[str, Any]):
     return obj
 
 
-def validate(cfg: RunConfig) -> RunConfig:
-    from .quantizers import QUANTIZERS
-
-    m, t = cfg.model, cfg.train
+def _check_options(m: ModelConfig) -> None:
+    """Options coerced by the types the quantizer declares, then checked by building it."""
     if m.method not in QUANTIZERS:
         raise EdvaeError(f"config key model.method: unknown method {m.method!r} "
                          f"(known: {', '.join(sorted(QUANTIZERS))})")
-    accepted = set(inspect.signature(QUANTIZERS[m.method].__init__).parameters)
-    accepted -= {"self", "codebook_size", "codebook_dim", "eval_mode"}
-    for key in m.options:
-        if key not in accepted:
+    types = QUANTIZERS[m.method].option_types()
+    for key in list(m.options):
+        if key not in types:
             raise EdvaeError(f"unknown config key model.options.{key} for method {m.method} "
-                             f"(known: {', '.join(sorted(accepted)) or 'none'})")
-    try:  # the quantizer checks its own option values (a small codebook keeps this cheap)
-        QUANTIZERS[m.method](m.codebook_size, 2, eval_mode=m.eval_mode, **m.options)
-    except (ValueError, TypeError) as e:
+                             f"(known: {', '.join(sorted(types)) or 'none'})")
+        m.options[key] = _coerce("model.options", key, m.options[key], types[key].__name__)
+    try:  # the quantizer checks its own option values
+        QUANTIZERS[m.method](m.codebook_size, m.codebook_dim, eval_mode=m.eval_mode, **m.options)
+    except ValueError as e:
         raise EdvaeError(f"config key model.options / model.eval_mode for method {m.method}: {e}") from None
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    m, t = cfg.model, cfg.train
+    _check_options(m)
+    if t.dataset not in DATASETS:
+        raise EdvaeError(f"config key train.dataset: unknown dataset {t.dataset!r} "
+                         f"(known: {', '.join(DATASETS)})")
     if t.beta_max is None:
         t.beta_max = QUANTIZERS[m.method].default_beta_max
     if t.beta_max < 0:
@@ -170,8 +178,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     if t.pretrain_steps >= t.steps:
         raise EdvaeError(f"config key train.pretrain_steps ({t.pretrain_steps}) must be smaller than "
                          f"train.steps ({t.steps}): quantized training follows the pretraining")
-    if m.eval_mode not in ("argmax", "sample"):
-        raise EdvaeError(f"config key model.eval_mode must be argmax or sample, got {m.eval_mode!r}")
     if m.architecture not in ARCHITECTURES:
         raise EdvaeError(f"config key model.architecture must be one of {ARCHITECTURES}, "
                          f"got {m.architecture!r}")
@@ -210,6 +216,19 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def config_data(path: str | Path | None, values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A run's config mapping: the file's (if any), then `values` ({"train.steps": 3}; None skipped),
+    then the `key=value` assignments. Validate it with from_dict."""
+    data = load_file(path) if path else {}
+    for key, value in values.items():
+        if value is not None:
+            section, name = key.split(".")
+            data.setdefault(section, {})[name] = value
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return data
+
+
 def _section_of(key: str) -> tuple[str, str]:
     if "." in key:
         section, rest = key.split(".", 1)
@@ -241,3 +260,52 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(target, dict):
             raise EdvaeError(f"config key {key!r}: {part} is not a mapping")
     target[parts[-1]] = value
+
+
+RESUMABLE_CHANGES = ("train.device", "train.threads")  # where a resumed run runs, not what it computes
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"options": {"a": 1}}} -> {"model.options.a": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The keys (flattened) whose values differ between a stored config and the one given for its
+    resumption, but for where it runs (RESUMABLE_CHANGES) and a larger train.steps; each shown
+    with both values."""
+    old, new = flatten(old), flatten(new)
+    return [f"{k} ({old.get(k)!r} stored, {new.get(k)!r} given)" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+            and not (k == "train.steps" and new[k] > old[k])]
+
+
+def lay_over(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the config mapping `base` with the values of `given` set over it."""
+    merged = copy.deepcopy(base)
+    for key, value in flatten(given).items():
+        target = merged
+        *parents, last = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        if isinstance(value, dict):  # an empty mapping given: nothing to set
+            target.setdefault(last, {})
+        else:
+            target[last] = value
+    return merged
+
+
+def merge_for_resume(stored: dict[str, Any], given: dict[str, Any], where: str) -> RunConfig:
+    """The stored config with `given` (the values set again for a resumed run) laid over it. A
+    value that changes what the run computes is refused, naming its keys; train.steps may grow."""
+    new = from_dict(lay_over(stored, given))
+    differ = resume_differences(from_dict(stored).to_dict(), new.to_dict())
+    if differ:
+        raise EdvaeError(f"{where}: the run was started with other settings: {', '.join(differ)}")
+    return new

@@ -9,11 +9,58 @@ from typing import Any
 
 import torch
 
+from .checkpoint import atomic_write_text
 from .data import ImageSet, to_model_input
 from .metrics import code_counts, entropy, perplexity
 from .model import DiscreteVAE
+from .plots import save_entropy_maps, save_reconstructions, save_usage
 
 AUTHORS_BATCH = 128  # the authors log perplexity per batch of 128 and average over batches
+
+
+class CodeTally:
+    """Code counts, squared error and per-batch perplexities of one way of choosing codes."""
+
+    def __init__(self, k: int, device: torch.device):
+        self.counts = torch.zeros(k, dtype=torch.int64, device=device)
+        self.sq_err = 0.0
+        self.batch_ppl: list[float] = []
+
+    def add(self, codes: torch.Tensor, x_hat: torch.Tensor, x: torch.Tensor) -> None:
+        self.sq_err += float(((x_hat - x) ** 2).sum())
+        c = code_counts(codes, self.counts.shape[0])
+        self.counts += c
+        self.batch_ppl.append(perplexity(c))
+
+    def summary(self, pixels: int, suffix: str = "") -> dict[str, Any]:
+        return {f"mse{suffix}": self.sq_err / pixels, f"perplexity{suffix}": perplexity(self.counts),
+                f"batch_perplexity{suffix}": sum(self.batch_ppl) / len(self.batch_ppl),
+                f"used_codes{suffix}": int((self.counts > 0).sum())}
+
+
+class PosteriorTally:
+    """Entropy of the posterior over codes per position, its map, and the uncertainty."""
+
+    def __init__(self):
+        self.ent_sum = self.ent_sq = self.unc_sum = 0.0
+        self.ent_map: torch.Tensor | None = None
+        self.has_uncertainty = False
+
+    def add(self, p: torch.Tensor, uncertainty: torch.Tensor | None) -> torch.Tensor:
+        ent = entropy(p)  # (B, h, w)
+        self.ent_sum += float(ent.sum())
+        self.ent_sq += float((ent.double() ** 2).sum())
+        self.ent_map = ent.sum(0) if self.ent_map is None else self.ent_map + ent.sum(0)
+        if uncertainty is not None:
+            self.has_uncertainty = True
+            self.unc_sum += float(uncertainty.sum())
+        return ent
+
+    def summary(self, positions: int) -> dict[str, Any]:
+        mean = self.ent_sum / positions
+        return {"entropy_mean": mean,
+                "entropy_std": max(self.ent_sq / positions - mean ** 2, 0.0) ** 0.5,
+                "uncertainty_mean": self.unc_sum / positions if self.has_uncertainty else None}
 
 
 @torch.no_grad()
@@ -23,45 +70,24 @@ def evaluate(model: DiscreteVAE, data: ImageSet, batch_size: int = AUTHORS_BATCH
     """Metrics over `data` (first `limit` images), codes by argmax and, for quantizers with
     probabilities, also drawn from Cat(pi) with a seeded generator."""
     model.eval()
-    q = model.quantizer
-    k = model.config.codebook_size
-    device = model.device
+    q, k, device = model.quantizer, model.config.codebook_size, model.device
     n = len(data) if limit is None else min(limit, len(data))
-    has_probs = hasattr(q, "probabilities")
-    sampled = sampled and has_probs
     gen = torch.Generator(device=device).manual_seed(seed)
-    counts = torch.zeros(k, dtype=torch.int64, device=device)
-    counts_s = torch.zeros_like(counts)
-    sq_err = sq_err_s = 0.0
-    batch_ppl, batch_ppl_s = [], []
-    ent_sum = ent_sq = unc_sum = 0.0
-    ent_map = None
+    argmax, drawn, posterior = CodeTally(k, device), CodeTally(k, device), None
     kept: dict[str, list[torch.Tensor]] = {"x": [], "x_hat": [], "entropy": []}
     for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
-        x = to_model_input(data.batch(idx).to(device))
+        x = to_model_input(data.batch(torch.arange(start, min(start + batch_size, n))).to(device))
         z_e = model.encoder(x).float()
         codes = q.codes(z_e)
         x_hat = model.decoder(q.embed(codes))
-        sq_err += float(((x_hat - x) ** 2).sum())
-        c = code_counts(codes, k)
-        counts += c
-        batch_ppl.append(perplexity(c))
-        ent = None
-        if has_probs:
-            p = q.probabilities(z_e)
-            ent = entropy(p)  # (B, h, w)
-            ent_sum += float(ent.sum())
-            ent_sq += float((ent.double() ** 2).sum())
-            ent_map = ent.sum(0) if ent_map is None else ent_map + ent.sum(0)
-            if hasattr(q, "uncertainty"):
-                unc_sum += float(q.uncertainty(z_e).sum())
+        argmax.add(codes, x_hat, x)
+        p, ent = q.probabilities(z_e), None
+        if p is not None:
+            posterior = posterior or PosteriorTally()
+            ent = posterior.add(p, q.uncertainty(z_e))
             if sampled:
                 codes_s = q.sample_codes(z_e, generator=gen)
-                sq_err_s += float(((model.decoder(q.embed(codes_s)) - x) ** 2).sum())
-                cs = code_counts(codes_s, k)
-                counts_s += cs
-                batch_ppl_s.append(perplexity(cs))
+                drawn.add(codes_s, model.decoder(q.embed(codes_s)), x)
         if keep_images and sum(t.shape[0] for t in kept["x"]) < keep_images:
             kept["x"].append(x.cpu())
             kept["x_hat"].append(x_hat.cpu())
@@ -69,37 +95,20 @@ def evaluate(model: DiscreteVAE, data: ImageSet, batch_size: int = AUTHORS_BATCH
                 kept["entropy"].append(ent.cpu())
     pixels = n * model.config.channels * model.config.image_size ** 2
     positions = n * model.latent_size ** 2
-    result: dict[str, Any] = {
-        "n_images": n,
-        "codebook_size": k,
-        "mse": sq_err / pixels,
-        "perplexity": perplexity(counts),
-        "batch_perplexity": sum(batch_ppl) / len(batch_ppl),
-        "used_codes": int((counts > 0).sum()),
-        "entropy_mean": ent_sum / positions if has_probs else None,
-        "entropy_std": (max(ent_sq / positions - (ent_sum / positions) ** 2, 0.0) ** 0.5
-                        if has_probs else None),
-        "uncertainty_mean": unc_sum / positions if hasattr(q, "uncertainty") else None,
-    }
-    if sampled:
-        result.update({
-            "mse_sampled": sq_err_s / pixels,
-            "perplexity_sampled": perplexity(counts_s),
-            "batch_perplexity_sampled": sum(batch_ppl_s) / len(batch_ppl_s),
-            "used_codes_sampled": int((counts_s > 0).sum()),
-        })
-    result["code_counts"] = counts.cpu().tolist()
+    result: dict[str, Any] = {"n_images": n, "codebook_size": k, **argmax.summary(pixels)}
+    result.update(posterior.summary(positions) if posterior is not None else
+                  {"entropy_mean": None, "entropy_std": None, "uncertainty_mean": None})
+    if sampled and posterior is not None:
+        result.update(drawn.summary(pixels, "_sampled"))
+    result["code_counts"] = argmax.counts.cpu().tolist()
     if keep_images:
-        result["_images"] = {key: torch.cat(v)[:keep_images] if v else None
-                             for key, v in kept.items()}
+        result["_images"] = {key: torch.cat(v)[:keep_images] if v else None for key, v in kept.items()}
+        ent_map = posterior.ent_map if posterior is not None else None
         result["_entropy_map"] = (ent_map / n).cpu() if ent_map is not None else None
     return result
 
 
 def write_eval(run_dir: Path, result: dict[str, Any]) -> Path:
-    from .checkpoint import atomic_write_text
-    from .plots import save_entropy_maps, save_reconstructions, save_usage
-
     images = result.pop("_images", None)
     ent_map = result.pop("_entropy_map", None)
     if images is not None:

@@ -25,6 +25,8 @@ from torch import nn
 
 from . import checkpoint
 from .data import ImageSet, to_model_input
+from .engine.loop import Fit, Phase, StepOutput, fit
+from .engine.runtime import BatchOrder, step_seed
 from .errors import EdvaeError
 
 KIND = "fd-classifier"
@@ -84,6 +86,23 @@ def _targets(data: ImageSet, idx: torch.Tensor, images: torch.Tensor, use_labels
     return _rotate(images, k), k
 
 
+class ClassifierSteps:
+    """The classifier's step function: cross-entropy on labels, or on RotNet's rotations."""
+
+    def __init__(self, net: FeatureClassifier, data: ImageSet, batch_size: int, seed: int,
+                 device: torch.device | str):
+        self.net, self.data, self.seed, self.device = net, data, seed, device
+        self.use_labels = data.labels is not None
+        self.order = BatchOrder(len(data), batch_size, seed)
+
+    def step(self, step: int, values: dict[str, float], report: bool) -> StepOutput:
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step))
+        idx = self.order.indices(step)
+        x, y = _targets(self.data, idx, self.data.batch(idx).to(self.device), self.use_labels, gen)
+        self.net.train()
+        return StepOutput(F.cross_entropy(self.net(x), y))
+
+
 def train_classifier(train_set: ImageSet, test_set: ImageSet | None = None, *,
                      steps: int = 1500,  # about 1.6 epochs of Fashion-MNIST at batch 64
                      batch_size: int = 64,
@@ -91,11 +110,11 @@ def train_classifier(train_set: ImageSet, test_set: ImageSet | None = None, *,
                      width: int = 16,
                      seed: int = 0,
                      device: torch.device | str = "cpu",
-                     progress: bool = False) -> tuple[FeatureClassifier, dict[str, Any]]:
+                     progress: bool = False, state_dir: Path | None = None,
+                     checkpoint_every: int = 0) -> tuple[FeatureClassifier, dict[str, Any]]:
     """Train on the labels of `train_set` (or on rotations where it has none); returns the network
-    and its description (target, classes, test accuracy)."""
-    from .train import BatchOrder, step_seed
-
+    and its description (target, classes, test accuracy). With `state_dir`, the training state is
+    checkpointed there (every `checkpoint_every` steps and at the end) and a rerun resumes it."""
     if steps < 1 or batch_size < 1:
         raise EdvaeError(f"classifier steps and batch size must be positive, got {steps}, {batch_size}")
     use_labels = train_set.labels is not None
@@ -104,34 +123,20 @@ def train_classifier(train_set: ImageSet, test_set: ImageSet | None = None, *,
         raise EdvaeError(f"{train_set.name}: one label only; a classifier needs two or more")
     torch.manual_seed(seed)
     net = FeatureClassifier(train_set.channels, train_set.size, classes, width).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    order = BatchOrder(len(train_set), batch_size, seed)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, desc="fd classifier", dynamic_ncols=True)
-    net.train()
-    for step in range(steps):
-        torch.manual_seed(step_seed(seed, step))
-        gen = torch.Generator().manual_seed(step_seed(seed, step))
-        idx = order.indices(step)
-        x, y = _targets(train_set, idx, train_set.batch(idx).to(device), use_labels, gen)
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
-    if bar is not None:
-        bar.close()
-    net.eval()
     info: dict[str, Any] = {"kind": KIND, "channels": train_set.channels, "size": train_set.size,
                             "classes": classes, "width": width, "dataset": train_set.name,
                             "target": "labels" if use_labels else "rotation", "steps": steps,
                             "batch_size": batch_size, "lr": lr, "seed": seed,
                             "train_images": len(train_set)}
+    run = ClassifierSteps(net, train_set, batch_size, seed, device)
+    f = Fit(net, torch.optim.Adam(net.parameters(), lr=lr), [Phase(steps, run.step)], lambda _: {"lr": lr},
+            seed, torch.device(device), checkpoint_every=checkpoint_every, out=state_dir, config=info,
+            model_file=None, progress="fd classifier" if progress else None, name="classifier training")
+    if state_dir is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    resume = state_dir is not None and (state_dir / checkpoint.STATE_FILE).is_file()
+    fit(f, f.resume() if resume else 0)
+    net.eval()
     if test_set is not None and len(test_set):
         info["test_accuracy"] = accuracy(net, test_set, use_labels, seed)
     return net, info

@@ -35,8 +35,7 @@ class DiscreteVAE(nn.Module):
         else:
             raise EdvaeError(f"config key model.architecture must be one of {ARCHITECTURES}, "
                              f"got {config.architecture!r}")
-        if hasattr(self.quantizer, "pixels_per_image"):  # SQ-VAE's per-image loss terms (sq.py)
-            self.quantizer.pixels_per_image = config.channels * config.image_size ** 2
+        self.quantizer.set_image_shape(config.channels, config.image_size, config.image_size)
 
     @property
     def latent_size(self) -> int:

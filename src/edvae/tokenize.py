@@ -11,11 +11,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import atomic_write_text
+from .data.folder import list_images
+from .engine.runtime import pick_device
 from .errors import EdvaeError
 from .model import DiscreteVAE
 from .plots import image_grid
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 def _image_files(inputs: list[str]) -> list[Path]:
@@ -23,7 +23,7 @@ def _image_files(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += list_images(path)
         elif path.is_file():
             files.append(path)
         else:
@@ -55,8 +55,6 @@ def _read_image(path: Path, channels: int, size: int) -> torch.Tensor:
 
 def encode_files(run_dir: str, inputs: list[str], output: Path, device: str = "auto",
                  batch_size: int = 256) -> int:
-    from .train import pick_device
-
     model = DiscreteVAE.load(run_dir, pick_device(device))
     files = _image_files(inputs)
     c, s = model.config.channels, model.config.image_size
@@ -73,8 +71,6 @@ def encode_files(run_dir: str, inputs: list[str], output: Path, device: str = "a
 
 
 def decode_file(run_dir: str, codes_path: Path, output: Path, device: str = "auto") -> int:
-    from .train import pick_device
-
     model = DiscreteVAE.load(run_dir, pick_device(device))
     try:
         codes = np.load(codes_path, allow_pickle=False)

@@ -8,7 +8,6 @@ another model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .. import checkpoint
-from ..config import RunConfig, from_dict
-from ..data import ImageSet, load_dataset
+from ..config import RunConfig
+from ..data import ImageSet
 from ..data.download import file_digest
-from ..errors import EdvaeError
 from ..model import DiscreteVAE
+from ..run_folder import load_split, run_config, run_model_file
 
 CODES_FORMAT = "edvae-codes-1"
 
@@ -32,36 +31,6 @@ def codes_file(folder: str | Path, split: str) -> Path:
 
 def file_sha256(path: str | Path) -> str:
     return file_digest(path, "sha256")
-
-
-def run_model_file(run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise EdvaeError(f"run folder not found: {run_dir}")
-    path = run_dir / checkpoint.MODEL_FILE
-    if not path.is_file():
-        raise EdvaeError(f"{run_dir} is not a finished run ({checkpoint.MODEL_FILE} missing)")
-    return path
-
-
-def run_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / checkpoint.CONFIG_FILE
-    if not path.is_file():
-        raise EdvaeError(f"{run_dir} has no {checkpoint.CONFIG_FILE}")
-    try:
-        return from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise EdvaeError(f"{path} is not valid JSON: {exc}") from None
-
-
-def load_split(cfg: RunConfig, split: str, device: torch.device | str = "cpu") -> ImageSet:
-    """One split of a run's dataset, loaded as the VAE trainer loads it (same size and limits)."""
-    t = cfg.train
-    size = cfg.model.image_size if t.dataset in ("celeba", "lsun-church", "folder", "synthetic") else None
-    limit = t.limit_train if split == "train" else t.limit_test
-    data = load_dataset(t.dataset, split, root=t.data_dir, download=t.download, seed=t.seed, size=size,
-                        limit=limit)
-    return data.to(device)
 
 
 @torch.no_grad()

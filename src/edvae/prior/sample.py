@@ -25,10 +25,12 @@ from PIL import Image
 
 from ..checkpoint import atomic_write_text
 from ..data import to_uint8
+from ..engine.runtime import pick_device
 from ..errors import EdvaeError
 from ..model import DiscreteVAE
 from ..plots import image_grid
-from .codes import file_sha256, run_model_file
+from ..run_folder import run_model_file
+from .codes import file_sha256
 from .pixelsnail import PixelSNAIL
 from .train_prior import load_prior
 
@@ -88,8 +90,6 @@ def sample_run(run_dir: str | Path, n: int, prior_dir: str | Path | None = None,
                out: str | Path | None = None, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
                batch_size: int = 64, device: str = "auto") -> dict[str, Any]:
     """Sample n images from the prior of a run; writes images/, samples.png, codes.npy, samples.json."""
-    from ..train import pick_device
-
     run_dir = Path(run_dir)
     model_file = run_model_file(run_dir)
     prior_dir = Path(prior_dir) if prior_dir is not None else run_dir / "prior"

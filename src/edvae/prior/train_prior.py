@@ -2,10 +2,10 @@
 does before measuring FID (Section 5.2.5), and report its test negative log-likelihood in bits per
 code beside two baselines: uniform (log2 K) and unigram (the training-set code histogram).
 
-The training loop mirrors the VAE trainer (train.py). Batch `step` is a slice of a permutation seeded
-by (seed, epoch), and the global RNG (dropout) is reseeded by (seed, step). A checkpoint therefore
-holds only the parameters, Adam's moments and the step, and a resumed fit ends exactly where an
-uninterrupted one does.
+Training is a step function on the engine's loop (engine/loop.py), as the VAE trainer's is. Batch
+`step` is a slice of a permutation seeded by (seed, epoch), and the global RNG (dropout) is
+reseeded by (seed, step). A checkpoint therefore holds only the parameters, Adam's moments and the
+step, and a resumed fit ends exactly where an uninterrupted one does.
 
 A prior folder holds:
 - config.json (model, train, source);
@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import checkpoint
-from ..config import DEVICES, PRECISIONS, _build
+from ..config import DEVICES, PRECISIONS, _build, lay_over, resume_differences
+from ..engine.loop import Fit, Phase, StepOutput, fit
+from ..engine.runtime import BatchOrder, session
 from ..errors import EdvaeError
 from ..model import DiscreteVAE
+from ..run_folder import read_json, run_config, run_model_file
 from ..schedules import cosine_anneal
 from ..yaml_values import parse_value
-from .codes import cached_codes, file_sha256, run_config, run_model_file, unigram_bits
+from .codes import cached_codes, file_sha256, unigram_bits
 from .pixelsnail import PRESETS, PixelSNAIL, PixelSNAILConfig, preset_for
 
 PRIOR_FILE = "prior.safetensors"
@@ -130,7 +132,7 @@ def _prepare_out(out: Path, resume: bool) -> PriorRunConfig | None:
     if resume:
         if not (out / checkpoint.CONFIG_FILE).is_file():
             raise EdvaeError(f"--resume: no prior to resume in {out} ({checkpoint.CONFIG_FILE} missing)")
-        data = json.loads((out / checkpoint.CONFIG_FILE).read_text())
+        data = read_json(out / checkpoint.CONFIG_FILE)
         if data.get("kind") != KIND:
             raise EdvaeError(f"{out} does not hold a prior (kind {data.get('kind')!r})")
         return prior_config_from_dict(data)
@@ -184,96 +186,83 @@ def evaluate_prior(prior: PixelSNAIL, train_codes: torch.Tensor, test_codes: tor
     }
 
 
-def train_prior(run_dir: str | Path, out: str | Path, overrides: list[str] | None = None,
-                preset: str = "auto", resume: bool = False, codes_cache: str | Path | None = None,
-                progress: bool = True, device: str | None = None, log=print) -> dict[str, Any]:
-    """Fit (or resume) the prior of `run_dir` in `out`; returns the test evaluation."""
-    from ..train import BatchOrder, MetricsLog, autocast_for, pick_device, step_seed
+class PriorSteps:
+    """The prior's step function: teacher-forced cross-entropy on a batch of training code maps."""
 
-    run_dir, out = Path(run_dir), Path(out)
-    model_file = run_model_file(run_dir)
+    def __init__(self, prior: PixelSNAIL, data: torch.Tensor, cfg: PriorTrainConfig,
+                 test_codes: torch.Tensor, device: torch.device):
+        self.prior, self.data, self.cfg, self.test_codes = prior, data, cfg, test_codes
+        self.order = BatchOrder(len(data), cfg.batch_size, cfg.seed, device)  # indices beside the codes
+
+    def schedule(self, step: int) -> dict[str, float]:
+        return {"lr": cosine_anneal(step, self.cfg.steps, self.cfg.lr, self.cfg.lr_min)}
+
+    def step(self, step: int, values: dict[str, float], report: bool) -> StepOutput:
+        x = self.data[self.order.indices(step)].long()
+        self.prior.train()
+        return StepOutput(F.cross_entropy(self.prior(x).float(), x))
+
+    def on_log(self, row: dict[str, Any], sums: dict[str, torch.Tensor]) -> None:
+        t, done = self.cfg, row["step"]
+        row["bits_per_code"] = row.pop("loss") / math.log(2)
+        if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+            row["test_bits_per_code"] = code_bits(self.prior, self.test_codes, t.eval_batch_size,
+                                                  t.eval_subset)
+
+
+def _prior_config(run_dir: Path, out: Path, resume: bool, overrides: list[str], preset: str,
+                  sha: str) -> PriorRunConfig:
+    """A new prior's config from the VAE, the preset and the overrides; a resumed one's as stored,
+    where the overrides may only change the device, the threads or grow the steps."""
     stored = _prepare_out(out, resume)
-    vae_cfg = run_config(run_dir)
-    vae = DiscreteVAE.load(run_dir, "cpu")
-    sha = file_sha256(model_file)
-    if stored is not None:
-        cfg = stored
-        if cfg.source.get("model_sha256") != sha:
-            raise EdvaeError(f"the prior in {out} was fitted to another model than {model_file}")
-    else:
-        cfg = build_prior_config(vae, overrides, preset)
+    if stored is None:
+        cfg = build_prior_config(DiscreteVAE.load(run_dir, "cpu"), overrides, preset)
+        vae_cfg = run_config(run_dir)
         cfg.source = {"run": str(run_dir), "model_sha256": sha, "dataset": vae_cfg.train.dataset,
                       "method": vae_cfg.model.method}
-    if device is not None:  # a device given now wins over the stored one (resuming elsewhere)
-        cfg.train.device = device
+        return cfg
+    if stored.source.get("model_sha256") != sha:
+        raise EdvaeError(f"the prior in {out} was fitted to another model than {run_model_file(run_dir)}")
+    old = stored.to_dict()
+    new = prior_config_from_dict(lay_over(old, parse_overrides(overrides)))
+    differ = resume_differences({k: old[k] for k in ("model", "train")},
+                                {k: new.to_dict()[k] for k in ("model", "train")})
+    if differ:
+        raise EdvaeError(f"--resume in {out}: the prior was started with other settings: {', '.join(differ)}")
+    return new
+
+
+def train_prior(run_dir: str | Path, out: str | Path, overrides: list[str] | None = None,
+                preset: str = "auto", resume: bool = False, codes_cache: str | Path | None = None,
+                progress: bool = True, log=print) -> dict[str, Any]:
+    """Fit (or resume) the prior of `run_dir` in `out`; returns the test evaluation."""
+    run_dir, out = Path(run_dir), Path(out)
+    sha = file_sha256(run_model_file(run_dir))
+    cfg = _prior_config(run_dir, out, resume, overrides or [], preset, sha)
     t = cfg.train
-    dev = pick_device(t.device)
-    vae = vae.to(dev)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    out.mkdir(parents=True, exist_ok=True)
-    if stored is None:
-        checkpoint.atomic_write_text(out / checkpoint.CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2))
-    cache = Path(codes_cache) if codes_cache is not None else out
-    train_codes = cached_codes(run_dir, cache, "train", model=vae, cfg=vae_cfg, device=dev, log=log)
-    test_codes = cached_codes(run_dir, cache, "test", model=vae, cfg=vae_cfg, device=dev, log=log)
-    del vae
-    check_code_maps(train_codes, cfg.model, "training codes")
-    check_code_maps(test_codes, cfg.model, "test codes")
-
-    torch.manual_seed(t.seed)
-    prior = PixelSNAIL(cfg.model).to(dev)
-    optimizer = torch.optim.Adam(prior.parameters(), lr=t.lr)
-    state = out / checkpoint.STATE_FILE
-    start = checkpoint.load_state(state, prior, optimizer) if resume and state.is_file() else 0
-    data = train_codes.to(dev)
-    order = BatchOrder(len(train_codes), t.batch_size, t.seed, dev)  # indices beside the codes
-    metrics = MetricsLog(out, start, PRIOR_FIELDS)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=t.steps, initial=start, desc="prior", dynamic_ncols=True)
-    config = cfg.to_dict()
-    began = time.perf_counter()
-    try:
-        for step in range(start, t.steps):
-            torch.manual_seed(step_seed(t.seed, step))
-            x = data[order.indices(step)].long()
-            lr = cosine_anneal(step, t.steps, t.lr, t.lr_min)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            prior.train()
-            with autocast_for(dev, t.precision):
-                logits = prior(x)
-            loss = F.cross_entropy(logits.float(), x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            done = step + 1
-            if done % t.log_every == 0 or done == t.steps:
-                bits = float(loss.detach()) / math.log(2)
-                if not math.isfinite(bits):
-                    raise EdvaeError(f"prior training diverged at step {done} (loss {bits})")
-                row = {"step": done, "bits_per_code": bits, "lr": lr,
-                       "seconds": round(time.perf_counter() - began, 2)}
-                if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
-                    row["test_bits_per_code"] = code_bits(prior, test_codes, t.eval_batch_size, t.eval_subset)
-                metrics.write(row)
-                if bar is not None:
-                    bar.set_postfix(bits=f"{bits:.3f}", refresh=False)
-            if t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.steps:
-                checkpoint.save_state(state, prior, optimizer, done, config)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        metrics.close()
-        if bar is not None:
-            bar.close()
-    if start < t.steps or not (out / PRIOR_FILE).exists():
-        checkpoint.save_state(state, prior, optimizer, t.steps, config)
-        checkpoint.save_model(out / PRIOR_FILE, prior, config)
-    result = evaluate_prior(prior, train_codes, test_codes, t.eval_batch_size)
+    with session(t.device, t.threads, flush=False) as (_, dev):
+        vae = DiscreteVAE.load(run_dir, dev)
+        out.mkdir(parents=True, exist_ok=True)
+        config = cfg.to_dict()
+        if not resume:
+            checkpoint.atomic_write_text(out / checkpoint.CONFIG_FILE, json.dumps(config, indent=2))
+        cache = Path(codes_cache) if codes_cache is not None else out
+        vae_cfg = run_config(run_dir)
+        train_codes = cached_codes(run_dir, cache, "train", model=vae, cfg=vae_cfg, device=dev, log=log)
+        test_codes = cached_codes(run_dir, cache, "test", model=vae, cfg=vae_cfg, device=dev, log=log)
+        del vae
+        check_code_maps(train_codes, cfg.model, "training codes")
+        check_code_maps(test_codes, cfg.model, "test codes")
+        torch.manual_seed(t.seed)
+        prior = PixelSNAIL(cfg.model).to(dev)
+        steps = PriorSteps(prior, train_codes.to(dev), t, test_codes, dev)
+        f = Fit(prior, torch.optim.Adam(prior.parameters(), lr=t.lr), [Phase(t.steps, steps.step)],
+                steps.schedule, t.seed, dev, t.precision, t.log_every, t.checkpoint_every, out, PRIOR_FIELDS,
+                config, model_file=PRIOR_FILE, progress="prior" if progress else None,
+                name="prior training", on_log=steps.on_log)
+        start = f.resume() if resume and (out / checkpoint.STATE_FILE).is_file() else 0
+        fit(f, start)
+        result = evaluate_prior(prior, train_codes, test_codes, t.eval_batch_size)
     checkpoint.atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=2))
     return result
 

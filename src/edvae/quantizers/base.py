@@ -3,8 +3,9 @@ method they hold: z_e (B, C_q, h, w) -> QuantizerOutput."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -17,33 +18,64 @@ class QuantizerOutput:
     # (B, h, w) int64: the codes chosen (sampled in training); may be None in a training step
     # with reporting off
     indices: torch.Tensor | None
-    probs: torch.Tensor | None  # (B, K, h, w) float32 probabilities over codes, or None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # scalar tensors to log
 
 
+def check_option(name: str, value: Any, ok: bool, requirement: str) -> None:
+    """The one check of a quantizer option's value: `ok` or ValueError("NAME REQUIREMENT, got V")."""
+    if not ok:
+        raise ValueError(f"{name} {requirement}, got {value!r}")
+
+
+OPTION_TYPES = {"float": float, "int": int, "bool": bool, "str": str}
+
+
 class Quantizer(nn.Module):
-    """Base class. Subclasses set `name`, `logit_input` and implement forward and codes.
+    """Base class. Subclasses set `name`, `logit_input` and implement forward, codes and embed.
 
     `logit_input` quantizers (EdVAE, dVAE) read K channels of logits; the others read D channels.
     Schedules (temperature, beta) are passed in by the caller as functions of the global step:
     a quantizer keeps no hidden step counter, so a resumed run continues exactly.
+
+    Options are the keyword parameters of a subclass's `__init__` after `eval_mode`, each with a
+    default and a plain annotation (float, int, bool, str): `option_types` reads them, so that the
+    config layer coerces and refuses values before anything is built; `__init__` checks their
+    ranges with `check_option`.
     """
 
     name: ClassVar[str] = ""
     logit_input: ClassVar[bool] = True
     default_beta_max: ClassVar[float] = 0.0  # the paper's upper bound of the beta ramp
+    eval_modes: ClassVar[tuple[str, ...]] = ("argmax",)  # "sample": codes drawn from the posterior
     # The trainer turns this off on steps whose metrics it does not log. A quantizer may then skip
     # work that only feeds reports: a training step's indices and stats, and the value (never the
     # gradient) of its regulariser, so `loss` keeps its exact gradient but its value may be 0.
     reporting: bool = True
 
-    def __init__(self, codebook_size: int, codebook_dim: int):
+    def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax"):
         super().__init__()
         if codebook_size < 2 or codebook_dim < 1:
             raise ValueError(f"codebook must be at least 2 x 1, got {codebook_size} x {codebook_dim}")
+        check_option("eval_mode", eval_mode, eval_mode in self.eval_modes,
+                     f"must be one of {self.eval_modes} for {self.name}")
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
+        self.eval_mode = eval_mode
         self._flags_seen: set[str] = set()
+
+    @classmethod
+    def option_types(cls) -> dict[str, type]:
+        """{option: its type}, from the annotations of `__init__` (the annotations are strings)."""
+        params = list(inspect.signature(cls.__init__).parameters.values())
+        out = {}
+        for p in params:
+            if p.name in ("self", "codebook_size", "codebook_dim", "eval_mode"):
+                continue
+            kind = OPTION_TYPES.get(str(p.annotation))
+            if kind is None:
+                raise TypeError(f"{cls.__name__}.{p.name}: options are float, int, bool or str")
+            out[p.name] = kind
+        return out
 
     def is_flag_set(self, name: str) -> bool:
         """Whether the 0/1 buffer `name` (e.g. `kmeans_done`) is set. A set flag is read from the
@@ -74,12 +106,40 @@ class Quantizer(nn.Module):
         raise NotImplementedError
 
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:
-        """Deterministic codes (B, h, w) for tokenizing: the evaluation-time choice."""
+        """Deterministic codes (B, h, w) for tokenizing."""
         raise NotImplementedError
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         """Codes (B, h, w) -> decoder input (B, D, h, w)."""
         raise NotImplementedError
+
+    def eval_codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """The codes of an evaluation forward pass: `codes`, or drawn from the posterior with
+        eval_mode 'sample' (EdVAE's Algorithm 2)."""
+        if self.eval_mode == "sample":
+            return self.sample_codes(z_e)
+        return self.codes(z_e)
+
+    def probabilities(self, z_e: torch.Tensor) -> torch.Tensor | None:
+        """(B, K, h, w) float32 probabilities over codes, or None for a method without them."""
+        return None
+
+    def sample_codes(self, z_e: torch.Tensor, generator: torch.Generator | None = None):
+        """Codes (B, h, w) drawn from Cat(probabilities), or None without probabilities."""
+        p = self.probabilities(z_e)
+        if p is None:
+            return None
+        flat = p.permute(0, 2, 3, 1).reshape(-1, self.codebook_size)
+        drawn = torch.multinomial(flat, 1, generator=generator)
+        return drawn.view(p.shape[0], p.shape[2], p.shape[3])
+
+    def uncertainty(self, z_e: torch.Tensor) -> torch.Tensor | None:
+        """(B, h, w) uncertainty per position (EdVAE's K / S), or None."""
+        return None
+
+    def set_image_shape(self, channels: int, height: int, width: int) -> None:
+        """Told by DiscreteVAE what images the model reads (SQ-VAE divides its terms by the
+        number of pixel values); nothing by default."""
 
     @torch.no_grad()
     def init_codebook(self, vectors: torch.Tensor) -> None:
@@ -95,11 +155,13 @@ class Quantizer(nn.Module):
                              f"got {tuple(vectors.shape)}")
         codebook.copy_(vectors.to(codebook.dtype))
 
-    def reconstruction_loss(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The reconstruction term of the training loss (the trainer adds `out.loss` to it):
-        the per-pixel MSE in float32. A method whose objective has another likelihood term
-        (SQ-VAE's 'arelbo') overrides this."""
-        return nn.functional.mse_loss(x_hat.float(), x.float())
+    def reconstruction_loss(self, x_hat: torch.Tensor, x: torch.Tensor,
+                            mse: torch.Tensor | None = None) -> torch.Tensor:
+        """The reconstruction term of the training loss (the trainer adds `out.loss` to it): the
+        per-pixel MSE in float32 (`mse` when the caller has it already: the trainer computes it
+        once per step). A method whose objective has another likelihood term (SQ-VAE's 'arelbo')
+        overrides this."""
+        return nn.functional.mse_loss(x_hat.float(), x.float()) if mse is None else mse
 
 
 def one_hot_channels(indices: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .base import check_option
 from .dirichlet_kl import evidential_log_alpha_and_kl
 from .logit_codebook import LogitCodebookQuantizer
 
@@ -25,21 +26,19 @@ class EvidentialQuantizer(LogitCodebookQuantizer):
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
                  clamp_max: float = 20.0, dirichlet_sample: bool = False):
         super().__init__(codebook_size, codebook_dim, eval_mode)
-        if not 0 < clamp_max <= 80:
-            raise ValueError(f"clamp_max must be in (0, 80] (exp overflows float32 beyond), got {clamp_max}")
+        check_option("clamp_max", clamp_max, 0 < clamp_max <= 80,
+                     "must be in (0, 80] (exp overflows float32 beyond)")
         self.clamp_max = clamp_max
         self.dirichlet_sample = dirichlet_sample
 
     def evidence(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.clamp(max=self.clamp_max).exp()
 
-    def log_weights(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.dirichlet_sample and self.training:
-            # pi ~ Dir(alpha) through normalised Gamma draws (reparameterised by torch)
-            g = torch._standard_gamma(self.evidence(logits) + 1.0)
-            return g.clamp_min(1e-30).log()
-        # log pi = log alpha - log S = softplus(z) - log S; the softmax that follows removes log S
-        return torch.nn.functional.softplus(logits.clamp(max=self.clamp_max))
+    def dirichlet_log_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        """log g with g_k ~ Gamma(alpha_k, 1): the softmax that follows normalises g, which makes
+        pi = g / sum g a draw from Dir(alpha) (Algorithm 1), reparameterised."""
+        g = torch.distributions.Gamma(self.evidence(logits) + 1.0, 1.0, validate_args=False).rsample()
+        return g.clamp_min(1e-30).log()
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         alpha = self.evidence(logits) + 1.0
@@ -51,7 +50,7 @@ class EvidentialQuantizer(LogitCodebookQuantizer):
     def log_weights_and_regulariser(self, logits: torch.Tensor,
                                     value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         if self.dirichlet_sample:
-            return self.log_weights(logits), evidential_log_alpha_and_kl(
+            return self.dirichlet_log_weights(logits), evidential_log_alpha_and_kl(
                 logits, self.clamp_max, dim=1, value=value)[1]
         # log pi = log alpha - log S; the softmax that follows removes log S. The clamp, the
         # exponential and their gradients are shared with the KL.

@@ -17,8 +17,10 @@ class GumbelQuantizer(LogitCodebookQuantizer):
     name = "dvae"
     default_beta_max = 5e-5
 
-    def log_weights(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits  # softmax is shift-invariant: the logits are the log-weights
+    def log_weights_and_regulariser(self, logits: torch.Tensor,
+                                    value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        # softmax is shift-invariant: the logits are the log-weights
+        return logits, self.regulariser(logits)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(1)

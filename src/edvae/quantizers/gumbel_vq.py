@@ -20,8 +20,6 @@ from torch import nn
 from .base import Quantizer, QuantizerOutput, gumbel_noise_like, one_hot_channels
 from .softmax_kl import softmax_kl_uniform
 
-EVAL_MODES = ("argmax", "sample")
-
 
 class GumbelVQQuantizer(Quantizer):
     """Distance logits over a K x D codebook, relaxed one-hot in training, hard at evaluation.
@@ -32,13 +30,10 @@ class GumbelVQQuantizer(Quantizer):
     name = "gs-vq"
     logit_input = False
     default_beta_max = 5e-6  # EdVAE paper, Appendix D: all datasets
+    eval_modes = ("argmax", "sample")  # argmax by default: the paper's test ("Test: argmax")
 
-    def __init__(self, codebook_size: int, codebook_dim: int,
-                 eval_mode: str = "argmax"):  # argmax: baselines.md ("Test: argmax")
-        super().__init__(codebook_size, codebook_dim)
-        if eval_mode not in EVAL_MODES:
-            raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
-        self.eval_mode = eval_mode
+    def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax"):
+        super().__init__(codebook_size, codebook_dim, eval_mode)
         # the codebook (K x D), initialised N(0, 1) as for every non-EMA method (protocol.md)
         self.codebook = nn.Parameter(torch.randn(codebook_size, codebook_dim))
 
@@ -85,26 +80,12 @@ class GumbelVQQuantizer(Quantizer):
                 y = ((logits + gumbel_noise_like(logits)) / temperature).softmax(1)
                 indices = y.detach().argmax(1) if self.reporting else None
             else:
-                indices = self._eval_codes(logits)
+                indices = self.eval_codes(z)
                 y = one_hot_channels(indices, self.codebook_size, logits.dtype)
             z_q = torch.einsum("bkhw,kd->bdhw", y, self.codebook.float())
             loss, stats = self.latent_loss(z, z_q, logits, beta)
-        return QuantizerOutput(z_q=z_q, loss=loss, indices=indices, probs=None,
+        return QuantizerOutput(z_q=z_q, loss=loss, indices=indices,
                                stats=stats if self.reporting or not self.training else {})
-
-    def _eval_codes(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.eval_mode == "sample":
-            return self._draw(logits.softmax(1), None)
-        return logits.argmax(1)
-
-    def _draw(self, p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        flat = p.permute(0, 2, 3, 1).reshape(-1, self.codebook_size)
-        drawn = torch.multinomial(flat, 1, generator=generator)
-        return drawn.view(p.shape[0], p.shape[2], p.shape[3])
-
-    def sample_codes(self, z_e: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Codes drawn from Cat(q), (B, h, w) int64."""
-        return self._draw(self.probabilities(z_e), generator)
 
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:
         """The nearest codeword (argmax of the logits), (B, h, w) int64."""

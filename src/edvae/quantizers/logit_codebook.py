@@ -7,40 +7,35 @@ from torch import nn
 
 from .base import Quantizer, QuantizerOutput, gumbel_noise_like, one_hot_channels
 
-EVAL_MODES = ("argmax", "sample")
-
 
 class LogitCodebookQuantizer(Quantizer):
     """Relaxed one-hot z over K codes (Gumbel-softmax in training), z_q = sum_k z_k M_k.
 
-    Subclasses define `log_weights(logits)` (unnormalised log-probabilities of the categorical),
-    `probabilities(logits)` and `regulariser(logits)` (one KL value per position).
+    Subclasses define `log_weights_and_regulariser(logits)` (unnormalised log-probabilities of
+    the categorical, and one KL value per position), `probabilities(logits)` and
+    `regulariser(logits)`.
     """
 
     logit_input = True
+    eval_modes = ("argmax", "sample")
 
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax"):
-        super().__init__(codebook_size, codebook_dim)
-        if eval_mode not in EVAL_MODES:
-            raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
-        self.eval_mode = eval_mode
+        super().__init__(codebook_size, codebook_dim, eval_mode)
         # the codebook M (K x D), initialised N(0, 1) as in the paper
         self.codebook = nn.Parameter(torch.randn(codebook_size, codebook_dim))
 
-    def log_weights(self, logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError  # every logit method has probabilities
 
     def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def log_weights_and_regulariser(self, logits: torch.Tensor,
                                     value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both at once for training (subclasses may share work between them); with value=False
-        the regulariser's value may be skipped as long as its gradient is exact."""
-        return self.log_weights(logits), self.regulariser(logits)
+        """The categorical's unnormalised log-probabilities and the regulariser, at once for
+        training (so they may share work); with value=False the regulariser's value may be skipped
+        as long as its gradient is exact."""
+        raise NotImplementedError
 
     def _select_logits(self, z_e: torch.Tensor) -> torch.Tensor:
         if z_e.dim() != 4 or z_e.shape[1] != self.codebook_size:
@@ -57,26 +52,14 @@ class LogitCodebookQuantizer(Quantizer):
                 indices = y.detach().argmax(1) if self.reporting else None
             else:
                 kl = self.regulariser(logits)
-                indices = self._eval_codes(logits)
+                indices = self.eval_codes(logits)
                 y = one_hot_channels(indices, self.codebook_size, logits.dtype)
             z_q = torch.einsum("bkhw,kd->bdhw", y, self.codebook.float())
             kl = kl.mean()
         return QuantizerOutput(
-            z_q=z_q, loss=beta * kl, indices=indices, probs=None,
+            z_q=z_q, loss=beta * kl, indices=indices,
             stats={"kl": kl.detach()} if self.reporting or not self.training else {},
         )
-
-    def _eval_codes(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.eval_mode == "sample":
-            return self.sample_codes(logits)
-        return logits.argmax(1)
-
-    def sample_codes(self, logits: torch.Tensor, generator: torch.Generator | None = None):
-        """Codes drawn from Cat(probabilities) (the paper's Algorithm 2)."""
-        p = self.probabilities(logits.float())
-        flat = p.permute(0, 2, 3, 1).reshape(-1, self.codebook_size)
-        drawn = torch.multinomial(flat, 1, generator=generator)
-        return drawn.view(p.shape[0], p.shape[2], p.shape[3])
 
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:
         return self._select_logits(z_e).argmax(1)

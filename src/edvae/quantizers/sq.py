@@ -34,6 +34,7 @@ import math
 
 import torch
 
+from .base import check_option
 from .gumbel_vq import GumbelVQQuantizer
 from .softmax_kl import softmax_kl_uniform
 
@@ -49,16 +50,19 @@ class SQQuantizer(GumbelVQQuantizer):
                  log_var_init: float = math.log(20.0),  # sony/sqvae cifar10_gauss_1.yaml
                  reconstruction: str = "arelbo"):  # sony/sqvae defaults.py: flags.arelbo = True
         super().__init__(codebook_size, codebook_dim, eval_mode)
-        if not math.isfinite(log_var_init) or abs(log_var_init) > 80:
-            raise ValueError(f"log_var_init must be a finite number in [-80, 80], got {log_var_init}")
-        if reconstruction not in RECONSTRUCTIONS:
-            raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
+        check_option("log_var_init", log_var_init, math.isfinite(log_var_init) and abs(log_var_init) <= 80,
+                     "must be a finite number in [-80, 80]")
+        check_option("reconstruction", reconstruction, reconstruction in RECONSTRUCTIONS,
+                     f"must be one of {RECONSTRUCTIONS}")
         self.reconstruction = reconstruction
         # s of var_q = 1 + exp(s): a parameter, so it is trained and saved with the model
         self.log_var_q = torch.nn.Parameter(torch.tensor(float(log_var_init)))
         # pixel values per image (the per-image terms are divided by it); None: a bare quantizer,
-        # whose latent terms stay per image. DiscreteVAE sets it.
+        # whose latent terms stay per image. DiscreteVAE sets it through set_image_shape.
         self.pixels_per_image: int | None = None
+
+    def set_image_shape(self, channels: int, height: int, width: int) -> None:
+        self.pixels_per_image = channels * height * width
 
     def variance(self) -> torch.Tensor:
         """var_q = exp(0) + exp(s) >= 1, float32 scalar."""
@@ -78,13 +82,14 @@ class SQQuantizer(GumbelVQQuantizer):
         return loss, {"kl": loss.detach(), "neg_entropy": neg_entropy.detach(),
                       "distance": distance.detach(), "var_q": self.variance().detach()}
 
-    def reconstruction_loss(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def reconstruction_loss(self, x_hat: torch.Tensor, x: torch.Tensor,
+                            mse: torch.Tensor | None = None) -> torch.Tensor:
         values = x[0].numel()
         if self.pixels_per_image is not None and values != self.pixels_per_image:
             raise ValueError(f"images of {values} values per image, but this SQ-VAE divides its "
                              f"latent terms by {self.pixels_per_image}")
         if self.reconstruction == "mse":
-            return super().reconstruction_loss(x_hat, x)
+            return super().reconstruction_loss(x_hat, x, mse)
         sse = (x_hat.float() - x.float()).pow(2).sum()
         # (D/2) log(SSE / B) divided by D; the clamp only keeps a perfect reconstruction finite
         return 0.5 * torch.log((sse / x.shape[0]).clamp_min(1e-30))

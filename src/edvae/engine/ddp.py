@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import EdvaeError
+from ..distributed import all_reduce_sum_
+from ..errors import EdvaeError
 
 
 @dataclass
@@ -45,11 +46,9 @@ class Group:
         n = indices.shape[0] // self.world
         return indices[self.rank * n:(self.rank + 1) * n]
 
-    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """All-reduce a tensor in place (sum over ranks); returns it."""
-        if self.active:
-            dist.all_reduce(tensor)
-        return tensor
+    def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of `tensor`, in place; returns it."""
+        return all_reduce_sum_(tensor).div_(self.world)
 
 
 def start(device: torch.device, batch_size: int) -> tuple[Group, torch.device]:
