@@ -9,3 +9,7 @@ if ! .venv/bin/python -c 'import sys, torch; v = tuple(int(x) for x in torch.__v
   .venv/bin/pip install -q torch==2.13.0
 fi
 .venv/bin/pip install -q -e ".[dev,lsun]"
+# torch-fidelity, for tests/test_inception.py, which checks edvae's FID InceptionV3 against torch-fidelity's
+# own. --no-deps: its declared torchvision does not load beside this torch; the modules the test loads
+# need only torch and numpy (already installed above).
+.venv/bin/pip install -q --no-deps torch-fidelity==0.4.0

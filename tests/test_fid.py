@@ -1,8 +1,12 @@
-"""Frechet distance against closed forms; the classifier features; the torch-fidelity path; `edvae fid`."""
+"""Frechet distance against closed forms; the classifier features; `edvae fid`: its protocols, and a
+missing, truncated or wrong InceptionV3 weights file (exit 2, one line). The network itself is checked
+against torch-fidelity's in test_inception.py."""
 
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edvae import checkpoint, fd_classifier
+from edvae import checkpoint, fd_classifier, inception_weights
 from edvae.cli import main
 from edvae.config import from_dict
 from edvae.data import load_dataset
@@ -23,6 +27,8 @@ from edvae.fid import (
     frechet_distance_of_features,
     read_image_folder,
 )
+from edvae.inception import FIDInceptionV3
+from edvae.inception_weights import INCEPTION_SHA256
 from edvae.model import DiscreteVAE
 
 
@@ -77,6 +83,27 @@ def test_a_set_against_itself_is_zero_and_a_shift_adds_its_squared_length(n, d):
     for t, v in zip((0.5, 1.0, 2.0), values, strict=True):
         assert v == pytest.approx(t * t * float(shift @ shift), rel=1e-8, abs=1e-9 * scale)
     assert values == sorted(values) and values[0] > 0
+
+
+def test_small_sets_through_centred_features_match_a_closed_form():
+    # sets {mu1 +- v1} and {mu2 +- v2}: S = 2 v v^T, and tr sqrt(S1^1/2 S2 S1^1/2) = 2 |v1 . v2|
+    g = torch.Generator().manual_seed(0)
+    mu1, mu2, v1, v2 = torch.randn(4, 50, generator=g, dtype=torch.float64)
+    a, b = torch.stack([mu1 + v1, mu1 - v1]), torch.stack([mu2 + v2, mu2 - v2])
+    expected = float((mu1 - mu2) @ (mu1 - mu2) + 2 * v1 @ v1 + 2 * v2 @ v2 - 4 * (v1 @ v2).abs())
+    assert frechet_distance_of_features(a, b) == pytest.approx(expected, rel=1e-12)
+    assert frechet_distance_of_features(b, a) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("n1, n2", [(10, 7), (2, 30), (32, 32)])
+def test_small_sets_through_centred_features_agree_with_the_covariance_path(n1, n2):
+    # at most D samples per set: the nuclear norm of A B^T. The covariances are then singular, where
+    # the covariance path's square roots carry ~sqrt(eps) of round-off: agreement to 1e-7
+    g = torch.Generator().manual_seed(n1 + n2)
+    a = torch.randn(n1, 32, generator=g, dtype=torch.float64) * 2
+    b = torch.randn(n2, 32, generator=g, dtype=torch.float64) + 0.5
+    expected = frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    assert frechet_distance_of_features(a, b) == pytest.approx(expected, rel=1e-7)
 
 
 def test_statistics_are_the_mean_and_unbiased_covariance():
@@ -171,24 +198,35 @@ def test_reading_a_folder_of_images(tmp_path):
 def test_fd_classifier_command_for_samples_and_reconstructions(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     clf = tmp_path / "clf.safetensors"
-    test = load_dataset("synthetic", "test", limit=40, seed=0)
-    samples = write_pngs(tmp_path / "samples", test.images[:30])
+    train = load_dataset("synthetic", "train", limit=256, seed=0)  # the run's training split
+    samples = write_pngs(tmp_path / "samples", train.images[:30])
     argv = ["fid", "--run", str(run), "--features", "classifier", "--classifier", str(clf),
             "--classifier-steps", "5", "--device", "cpu"]
     assert main([*argv, "--samples", str(samples), "-o", str(tmp_path / "fd.json")]) == 0
-    result = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    result = json.loads(out.out)
     # named apart from FID, and the file holds the same result
     assert result["metric"] == "fd_edvae_classifier" and "NOT InceptionV3" in result["features"]
     assert json.loads((tmp_path / "fd.json").read_text()) == result
-    assert result["n_generated"] == 30 and result["n_reference"] == 40 and clf.is_file()
+    # samples are measured against the training split by default (the paper's Table 3)
+    assert result["protocol"] == "samples-vs-train" and result["reference"] == "synthetic train"
+    assert result["n_generated"] == 30 and result["n_reference"] == 256 and clf.is_file()
+    assert "fd_edvae_classifier = " in out.err and ": 30 images" in out.err and "against 256" in out.err
+    assert "Table 3" in out.err
     assert result["classifier_info"]["steps"] == 5
-    # the samples are 30 of the 40 reference images: a small distance; PNG files are exact
+    # the samples are the first 30 training images: distance 0; PNG files are exact
     assert main([*argv, "--samples", str(samples), "--limit", "30"]) == 0
     assert json.loads(capsys.readouterr().out)["value"] < 1e-9
+    assert main([*argv, "--samples", str(samples), "--split", "test"]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert other["protocol"] == "samples-vs-test" and other["n_reference"] == 40 and other["value"] > 0
+    # reconstructions are of the test split by default (rFID)
     assert main([*argv, "--reconstructions"]) == 0
-    recon = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    recon = json.loads(out.out)
     assert recon["metric"] == "rfd_edvae_classifier" and recon["n_generated"] == recon["n_reference"] == 40
-    assert recon["value"] > 0
+    assert recon["protocol"] == "reconstructions-of-test" and recon["value"] > 0
+    assert "40 images" in out.err and "rFID" in out.err
 
 
 def test_fid_bad_input_exits_2_and_names_the_problem(tmp_path, capsys):
@@ -200,7 +238,7 @@ def test_fid_bad_input_exits_2_and_names_the_problem(tmp_path, capsys):
         capsys.readouterr()
         assert main(["fid", *argv]) == 2
         err = capsys.readouterr().err
-        assert message in err and err.startswith("edvae: error:") and len(err) < 400, err
+        assert message in err and err.startswith("edvae: error:") and err.count("\n") == 1, err
         assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
     missing = tmp_path / "nowhere" / "weights-inception-2015-12-05-6726825d.pth"
@@ -208,7 +246,7 @@ def test_fid_bad_input_exits_2_and_names_the_problem(tmp_path, capsys):
           f"InceptionV3 weights file not found: {missing}")
     fails(["--run", str(run), "--samples", str(tmp_path / "none"), "--features", "classifier",
            "--classifier", str(tmp_path / "c.safetensors")], "image folder not found")
-    fails(["--run", str(tmp_path / "norun"), "--samples", str(samples)], "run folder not found")
+    fails(["--run", str(tmp_path / "norun"), "--samples", str(samples)], "is not a finished run")
     fails(["--samples", str(samples)], "need --run RUN_DIR")
     fails(["--run", str(run)], "either --samples DIR or --reconstructions")
     fails(["--samples", str(samples), "--reference", str(samples), "--features", "classifier",
@@ -216,65 +254,78 @@ def test_fid_bad_input_exits_2_and_names_the_problem(tmp_path, capsys):
     fails(["--run", str(run), "--samples", str(samples), "--limit", "1"], "--limit must be at least 2")
 
 
-# --- FID through torch-fidelity -------------------------------------------------------------
+# --- FID with edvae's InceptionV3 -----------------------------------------------------------
 
 
-def torch_fidelity_or_skip():
-    try:
-        import torch_fidelity  # noqa: F401
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except Exception as exc:  # ImportError, or torchvision's compiled ops failing to load
-        pytest.skip(f"torch-fidelity does not import here ({type(exc).__name__}: {exc}); the FID path "
-                    "is tested where it does (pip install 'edvae[fid]' with a loadable torchvision)")
-    return FeatureExtractorInceptionV3
-
-
-def write_inception_weights(path: Path, monkeypatch) -> Path:
-    """A weights file in torch-fidelity's format with random weights (He-initialised so that the
-    features neither vanish nor explode): the real file is a download, this test runs offline."""
-    fe_class = torch_fidelity_or_skip()
-    empty = path.with_name("empty.pth")
-    torch.save({}, empty)
-    with monkeypatch.context() as m:
-        m.setattr(fe_class, "load_state_dict", lambda self, *a, **k: None)
-        net = fe_class("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+def random_weights_file(path: Path) -> Path:
+    """A weights file in the standard layout with random He-normal convolutions (the real file is a
+    download; these tests run offline). Its hash is not the published one."""
     torch.manual_seed(0)
+    net = FIDInceptionV3()
     for module in net.modules():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    torch.save(torch.nn.Module.state_dict(net), path)  # torch-fidelity's own format (read with torch.load)
+    torch.save(net.state_dict(), path)
     return path
 
 
-def test_fid_through_torch_fidelity_inception_features(tmp_path, monkeypatch, capsys):
-    weights = write_inception_weights(tmp_path / "weights-inception.pth", monkeypatch)
-    import torch_fidelity
-
-    g = torch.Generator().manual_seed(0)
-    a = write_pngs(tmp_path / "a", torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8, generator=g))
-    b = write_pngs(tmp_path / "b", (torch.rand(8, 1, 32, 32, generator=g) * 128).to(torch.uint8))
-    cuda = torch.cuda.is_available()
-    argv = ["fid", "--features", "inception", "--inception-weights", str(weights),
-            "--device", "cuda" if cuda else "cpu", "--batch-size", "4"]
-    assert main([*argv, "--samples", str(a), "--reference", str(b)]) == 0
-    ours = json.loads(capsys.readouterr().out)
-    assert ours["metric"] == "fid" and ours["n_generated"] == ours["n_reference"] == 8
-    theirs = torch_fidelity.calculate_metrics(input1=str(a), input2=str(b), fid=True, cuda=cuda,
-                                              feature_extractor_weights_path=str(weights), verbose=False,
-                                              cache=False, save_cpu_ram=True)
-    assert ours["value"] > 0
-    assert ours["value"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-3, abs=1e-3)
-    assert main([*argv, "--samples", str(a), "--reference", str(a)]) == 0
-    assert json.loads(capsys.readouterr().out)["value"] < 1e-6 * ours["value"]
+def run_fid(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "torch-home"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "edvae", "fid", *argv], capture_output=True, text=True,
+                          env=env, timeout=120)
 
 
-def test_without_torch_fidelity_inception_fid_is_a_clear_error(tmp_path, capsys):
-    try:
-        import torch_fidelity  # noqa: F401
+def test_a_missing_truncated_or_wrong_weights_file_is_one_line_and_exit_2(tmp_path):
+    a = write_pngs(tmp_path / "a", torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+    wrong = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.randn(32, 3, 3, 3)}, wrong)  # a readable torch file
+    truncated = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    truncated.write_bytes(wrong.read_bytes()[:1000])
+    missing = tmp_path / "nowhere" / "pt_inception-2015-12-05-6726825d.pth"
+    out = tmp_path / "fid.json"
+    cases = {missing: "InceptionV3 weights file not found", truncated: "a truncated download or another file",
+             wrong: "a truncated download or another file"}
+    for weights, problem in cases.items():
+        done = run_fid(["--samples", str(a), "--reference", str(a), "--inception-weights", str(weights),
+                        "--device", "cpu", "-o", str(out)], tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == "" and done.stderr.startswith("edvae: error: ")
+        assert done.stderr.count("\n") == 1 and done.stderr.endswith("\n"), done.stderr  # one line
+        assert str(weights) in done.stderr and INCEPTION_SHA256 in done.stderr, done.stderr
+        assert problem in done.stderr, done.stderr
+        assert not out.exists()
 
-        pytest.skip("torch-fidelity imports here; the error path cannot be reached")
-    except Exception:
-        pass
+
+def test_without_weights_fid_names_where_to_get_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty torch.hub folder
     a = write_pngs(tmp_path / "a", torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
     assert main(["fid", "--samples", str(a), "--reference", str(a)]) == 2
-    assert "needs torch-fidelity (pip install 'edvae[fid]')" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--inception-weights FILE" in err and INCEPTION_SHA256 in err
+    assert "none given, none in torch.hub's checkpoints" in err
+    assert "pt_inception-2015-12-05-6726825d.pth" in err and "pytorch-fid's release fid_weights" in err
+
+
+def test_fid_protocols_with_inception_features(tmp_path, monkeypatch, capsys):
+    weights = random_weights_file(tmp_path / "random-inception.pth")
+    monkeypatch.setattr(inception_weights, "INCEPTION_SHA256", inception_weights.sha256_file(weights))
+    run = make_run(tmp_path / "run")
+    train = load_dataset("synthetic", "train", limit=256, seed=0)  # the run's training split
+    samples = write_pngs(tmp_path / "samples", train.images[:3])
+    argv = ["fid", "--run", str(run), "--inception-weights", str(weights), "--device", "cpu", "--limit", "3"]
+    # the paper's Table 3: samples against the training split; copies of it give 0
+    assert main([*argv, "--samples", str(samples)]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert result["metric"] == "fid" and result["protocol"] == "samples-vs-train"
+    assert result["n_generated"] == result["n_reference"] == 3 and result["reference"] == "synthetic train"
+    assert result["weights"] == str(weights)
+    assert result["weights_sha256"] == inception_weights.INCEPTION_SHA256
+    assert result["value"] < 1e-6 and "fid = " in out.err and "Table 3" in out.err and ": 3 images" in out.err
+    # rFID: reconstructions of the test split against it
+    assert main([*argv, "--reconstructions"]) == 0
+    out = capsys.readouterr()
+    recon = json.loads(out.out)
+    assert recon["metric"] == "rfid" and recon["protocol"] == "reconstructions-of-test"
+    assert recon["n_generated"] == recon["n_reference"] == 3 and recon["reference"] == "synthetic test"
+    assert recon["value"] > 1e-3 and "rfid = " in out.err and "rFID" in out.err

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import EdvaeError
@@ -51,8 +51,6 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise EdvaeError(f"checkpoint not found: {path}")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
@@ -63,13 +61,23 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
+def _config_of(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    try:
+        config = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise EdvaeError(f"checkpoint {path} holds no readable config ({type(exc).__name__})") from None
+    if not isinstance(config, dict):
+        raise EdvaeError(f"checkpoint {path} holds no readable config (not a mapping)")
+    return config
+
+
 def save_model(path: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
     _atomic_save(model.state_dict(), path, {"format": FORMAT, "config": json.dumps(config)})
 
 
 def load_model_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, metadata = _read(path)
-    return tensors, json.loads(metadata["config"])
+    return tensors, _config_of(path, metadata)
 
 
 def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
@@ -97,11 +105,15 @@ def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
         if not key.startswith("optim."):
             continue
         name, slot = key[len("optim."):].rsplit(".", 1)
+        if name not in params:
+            raise EdvaeError(f"checkpoint {path} holds optimizer state of an unknown parameter {name}")
         p = params[name]
         optimizer.state[p][slot] = value.to(p.device) if slot != "step" else value
+    if not metadata.get("step", "").isdigit():
+        raise EdvaeError(f"checkpoint {path} holds no step count")
     return int(metadata["step"])
 
 
 def read_state_config(path: Path) -> dict[str, Any]:
     _, metadata = _read(path)
-    return json.loads(metadata["config"])
+    return _config_of(path, metadata)

@@ -285,7 +285,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--inception-weights", dest="inception_weights", metavar="FILE",
                    help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or "
                         "weights-inception-2015-12-05-6726825d.pth (torch-fidelity), checked by SHA-256; "
-                        "default: either name in torch.hub's checkpoint folder. Never downloaded")
+                        "default: either name in torch.hub's checkpoint folder. Never downloaded: get it "
+                        "from github.com/mseitzer/pytorch-fid/releases/download/fid_weights/ (docs/prior.md)")
     f.add_argument("--classifier", help="classifier file (.safetensors); trained on the run's dataset "
                                         "and saved there if missing (default ~/.cache/edvae/fd-classifier)")
     f.add_argument("--classifier-steps", dest="classifier_steps", type=_positive_int, default=1500)
@@ -317,13 +318,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_line(exc: Exception, limit: int = 500) -> str:
+    """An error message on one line (a library's message may span several), at most `limit` long."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # what a report quotes as its command
     try:
         return args.func(args)
     except EdvaeError as exc:
-        print(f"edvae: error: {exc}", file=sys.stderr)
+        print(f"edvae: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

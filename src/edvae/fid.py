@@ -2,7 +2,7 @@
 
 The Frechet distance between Gaussians N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982; used as FID
 by Heusel et al. 2017, "GANs trained by a two time-scale update rule converge to a local Nash
-equilibrium") is
+equilibrium", arXiv:1706.08500) is
 
     |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2).
 
@@ -13,16 +13,24 @@ This handles near-singular covariances, for example fewer samples than feature d
 the eps offset of the TTUR code. The small eigenvalues are never squared and rooted again, so a set
 against itself gives 0 to round-off.
 
+With no more samples per set than feature dimensions, the same distance comes from the centred
+features instead of the D x D covariances: with A = (X1 - mu1) / sqrt(n1 - 1) and B likewise,
+S1 = A^T A and S2 = B^T B, so tr(S1) = |A|_F^2, and the nonzero eigenvalues of S1 S2 are those of
+(A B^T)(A B^T)^T: the trace term is the nuclear norm of the n1 x n2 matrix A B^T. This is exact, and
+a few small sets take milliseconds where 2048 x 2048 eigendecompositions take seconds.
+
 Two feature extractors, named apart so that one number is never taken for the other:
 
-- `inception` gives **FID**: the 2048-d pool features of the TensorFlow-compatible InceptionV3, as
-  torch-fidelity computes them (Obukhov et al., torch-fidelity; the weights of Heusel et al.'s TF
-  graph). This is the number comparable with the EdVAE paper's Table 3. It needs the optional extra
-  `pip install edvae[fid]`. Pass `weights=` (the torch-fidelity weights file,
-  weights-inception-2015-12-05-6726825d.pth) to run offline.
+- `inception` gives **FID**: the 2048-d pool features of FID's TensorFlow-compatible InceptionV3
+  (inception.py, edvae's own, checked against torch-fidelity's), with the standard 2015-12-05 weights
+  file checked by SHA-256 (inception_weights.py). This is the number comparable with the EdVAE
+  paper's Table 3 and with published FIDs.
 - `classifier` gives **FD_edvae-classifier**: the distance in the penultimate features of a small CNN
   that edvae trains itself (fd_classifier.py). It needs no downloaded weights, and it is only
   comparable between runs measured with the same classifier file.
+
+The protocols (`measure`): FID of generated samples against the run's training split (the paper's
+Table 3: a prior's samples), and rFID, the run's reconstructions of its test split against that split.
 """
 
 from __future__ import annotations
@@ -34,10 +42,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from . import fd_classifier, inception_weights
+from .data import ImageSet, to_uint8
+from .data.folder import EXTENSIONS, list_images
+from .data.images import adapt
+from .engine.runtime import pick_device
 from .errors import EdvaeError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's release asset
+from .fd_classifier import load_classifier
+from .model import DiscreteVAE
+from .run_folder import load_split, run_config, run_model_file
 
 # Metric names, kept apart on purpose: only `fid` is comparable with published FIDs.
 METRIC_NAMES = {"inception": "fid", "classifier": "fd_edvae_classifier"}
@@ -47,8 +60,8 @@ METRIC_NAMES = {"inception": "fid", "classifier": "fd_edvae_classifier"}
 # The Frechet distance
 
 
-def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) features -> mean (D,) and unbiased covariance (D, D), both float64."""
+def _features(features: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(N, D) features as float64 on the CPU, checked: 2-D, at least 2 samples, finite."""
     x = torch.as_tensor(features).detach().to("cpu", torch.float64)
     if x.dim() != 2:
         raise EdvaeError(f"features must be a 2-D (N, D) array, got shape {tuple(x.shape)}")
@@ -56,6 +69,12 @@ def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[torch.Tenso
         raise EdvaeError(f"a covariance needs at least 2 samples, got {x.shape[0]}")
     if not torch.isfinite(x).all():
         raise EdvaeError("features hold NaN or infinite values")
+    return x
+
+
+def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) features -> mean (D,) and unbiased covariance (D, D), both float64."""
+    x = _features(features)
     mu = x.mean(0)
     xc = x - mu
     return mu, xc.T @ xc / (x.shape[0] - 1)
@@ -82,12 +101,22 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def frechet_distance_of_features(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
-    """Frechet distance between the Gaussians fitted to two (N, D) feature sets."""
-    mu1, s1 = feature_statistics(a)
-    mu2, s2 = feature_statistics(b)
-    if mu1.shape != mu2.shape:
-        raise EdvaeError(f"feature sets of different widths: {mu1.shape[0]} and {mu2.shape[0]}")
-    return frechet_distance(mu1, s1, mu2, s2)
+    """Frechet distance between the Gaussians fitted to two (N, D) feature sets.
+
+    Through the centred features when neither set has more samples than dimensions (exact, and fast
+    for small sets), else through the D x D covariances."""
+    x1, x2 = _features(a), _features(b)
+    if x1.shape[1] != x2.shape[1]:
+        raise EdvaeError(f"feature sets of different widths: {x1.shape[1]} and {x2.shape[1]}")
+    if max(x1.shape[0], x2.shape[0]) > x1.shape[1]:
+        return frechet_distance(*feature_statistics(x1), *feature_statistics(x2))
+    mu1, mu2 = x1.mean(0), x2.mean(0)
+    c1 = (x1 - mu1) / (x1.shape[0] - 1) ** 0.5  # c1^T c1 = S1
+    c2 = (x2 - mu2) / (x2.shape[0] - 1) ** 0.5
+    diff = mu1 - mu2
+    tr_covmean = torch.linalg.svdvals(c1 @ c2.T).sum()
+    value = diff @ diff + (c1 * c1).sum() + (c2 * c2).sum() - 2 * tr_covmean
+    return max(float(value), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,9 +128,9 @@ def image_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise EdvaeError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(folder, recursive=False)
     if not files:
-        raise EdvaeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+        raise EdvaeError(f"no images ({', '.join(EXTENSIONS)}) in {folder}")
     return files
 
 
@@ -130,8 +159,6 @@ def read_image_folder(folder: str | Path, channels: int, size: int | None = None
 
 def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     """uint8 (N, C, H, W) -> `channels` channels: grey is repeated to RGB, RGB made grey as PIL does."""
-    from .data.images import adapt
-
     return adapt(images, None, channels)
 
 
@@ -139,46 +166,37 @@ def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 # Feature extractors: callables uint8 (N, C, H, W) -> float (N, D)
 
 
-def inception_extractor(weights: str | Path | None = None,
-                        device: torch.device | str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
-    """torch-fidelity's TF-compatible InceptionV3, 2048-d pool features (FID's standard features).
+def inception_extractor(weights: str | Path | None = None, device: torch.device | str = "cpu",
+                        sha256: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """FID's InceptionV3 (inception.py): uint8 images -> 2048-d pool features (FID's standard features).
 
-    `weights` is torch-fidelity's weights file; None lets torch-fidelity download it (online only).
+    `weights` is the standard 2015-12-05 file (inception_weights.py), checked against `sha256` (default:
+    its published hash); None looks for it in torch.hub's checkpoint folder. Nothing is downloaded.
     """
-    if weights is not None:
-        weights = Path(weights)
-        if not weights.is_file():
-            raise EdvaeError(f"InceptionV3 weights file not found: {weights} (torch-fidelity's "
-                             f"{INCEPTION_WEIGHTS_NAME})")
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except Exception as exc:  # ImportError, or torchvision failing to load its compiled ops
-        raise EdvaeError("FID with InceptionV3 features needs torch-fidelity (pip install 'edvae[fid]'),"
-                         f" which did not import: {type(exc).__name__}: {exc}") from None
-    try:
-        # torch-fidelity reads the file with torch.load: a file of its own format, outside edvae's
-        # checkpoints (those are safetensors only)
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                          feature_extractor_weights_path=None if weights is None
-                                          else str(weights))
-    except Exception as exc:
-        raise EdvaeError(f"torch-fidelity could not build InceptionV3 from "
-                         f"{weights or 'its download'}: {type(exc).__name__}: {exc}") from None
-    net = net.to(device).eval()
+    path = inception_weights.resolve_weights_file(weights)
+    net = inception_weights.load_fid_inception(path, device, sha256)
+    device = torch.device(device)
 
     @torch.no_grad()
     def extract(images: torch.Tensor) -> torch.Tensor:
-        x = match_channels(images, 3).to(device)  # torch-fidelity reads grey images as RGB too
-        return net(x)[0].float().cpu()
+        x = match_channels(images, 3).to(device)  # grey images are read as RGB, as torch-fidelity does
+        if device.type != "cuda":
+            return net(x).cpu()
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False  # full float32 convolutions, as on the CPU
+        try:
+            return net(x).cpu()
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
 
+    extract.weights = path  # type: ignore[attr-defined]
+    extract.sha256 = sha256 or inception_weights.INCEPTION_SHA256  # type: ignore[attr-defined]  (checked on loading)
     return extract
 
 
 def classifier_extractor(path: str | Path,
                          device: torch.device | str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
     """Penultimate features of an edvae classifier file (fd_classifier.py)."""
-    from .fd_classifier import load_classifier
-
     net = load_classifier(path).to(device).eval()
 
     @torch.no_grad()
@@ -197,8 +215,6 @@ def classifier_extractor(path: str | Path,
 def extract_features(extract: Callable[[torch.Tensor], torch.Tensor], images,
                      batch_size: int = 100) -> torch.Tensor:
     """Features of uint8 images: a (N, C, H, W) tensor, or an ImageSet (read batch by batch)."""
-    from .data import ImageSet
-
     n = len(images)
     if n == 0:
         raise EdvaeError("no images to extract features from")
@@ -217,8 +233,6 @@ def extract_features(extract: Callable[[torch.Tensor], torch.Tensor], images,
 @torch.no_grad()
 def reconstruct_images(model, images, batch_size: int = 100) -> torch.Tensor:
     """uint8 reconstructions (N, C, H, W) of an ImageSet or uint8 tensor, through the model's codes."""
-    from .data import ImageSet, to_uint8
-
     out = []
     for start in range(0, len(images), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(images)))
@@ -230,9 +244,6 @@ def reconstruct_images(model, images, batch_size: int = 100) -> torch.Tensor:
 def _classifier_for(path: str | Path | None, run_dir: Path | None, device, steps: int, log) -> Path:
     """The classifier file to use: `path` if it exists; else trained on the run's dataset and saved
     to `path` (default: one shared file per dataset, image format and seed)."""
-    from . import fd_classifier
-    from .prior.codes import load_split, run_config
-
     if path is not None and Path(path).is_file():
         return Path(path)
     if run_dir is None:
@@ -256,24 +267,20 @@ def _classifier_for(path: str | Path | None, run_dir: Path | None, device, steps
     return target
 
 
-def measure(*, run_dir: str | Path | None = None, samples: str | Path | None = None,
-            reconstructions: bool = False, reference: str | Path | None = None, split: str = "test",
-            limit: int | None = None, features: str = "inception",
-            inception_weights: str | Path | None = None, classifier: str | Path | None = None,
-            classifier_steps: int = 1500, batch_size: int = 100, device: str = "auto",
-            log=print) -> dict:
-    """FID (inception) or FD_edvae-classifier between generated samples (a folder) or a run's
-    reconstructions, and a reference: a folder, or the run's `split` (first `limit` images)."""
-    from .prior.codes import load_split, run_config, run_model_file
-    from .train import pick_device
+PROTOCOLS = {  # what a run's split as reference stands for
+    "samples-vs-train": "the paper's Table 3: generated samples against the training split",
+    "reconstructions-of-test": "rFID: reconstructions of the test split against the test split",
+}
 
+
+def _check_measure_args(run: Path | None, samples, reconstructions: bool, reference, split: str | None,
+                        limit: int | None, features: str) -> None:
     if features not in METRIC_NAMES:
         raise EdvaeError(f"unknown features {features!r} (inception, classifier)")
     if (samples is None) == (not reconstructions):
         raise EdvaeError("give either --samples DIR or --reconstructions")
     if limit is not None and limit < 2:
         raise EdvaeError(f"--limit must be at least 2 (a covariance needs two images), got {limit}")
-    run = Path(run_dir) if run_dir is not None else None
     if run is not None:
         run_model_file(run)
     if reconstructions and reference is not None:
@@ -282,46 +289,77 @@ def measure(*, run_dir: str | Path | None = None, samples: str | Path | None = N
     if (reconstructions or reference is None) and run is None:
         raise EdvaeError("--reconstructions and a reference split need --run RUN_DIR "
                          "(or give --reference DIR with --samples)")
-    if split not in ("train", "test"):
+    if split not in (None, "train", "test"):
         raise EdvaeError(f"unknown split {split!r} (train, test)")
     for folder in (samples, reference):  # cheap checks before any feature network is built or trained
         if folder is not None:
             image_files(folder)
-    dev = pick_device(device)
+
+
+def _extractor(features: str, inception_weights, classifier, run: Path | None, dev, classifier_steps: int,
+               log) -> tuple[Callable, int, int | None, dict]:
+    """The feature extractor, the channels and size it reads images at, and its description."""
     if features == "inception":
-        extract, channels, size = inception_extractor(inception_weights, dev), 3, None
-        extractor = {"features": "InceptionV3 pool3 (torch-fidelity, TF-compatible)",
-                     "weights": str(inception_weights) if inception_weights else "torch-fidelity download"}
-    else:
-        path = _classifier_for(classifier, run, dev, classifier_steps, log)
-        extract = classifier_extractor(path, dev)
-        net = extract.net  # type: ignore[attr-defined]
-        channels, size = net.channels, net.size
-        extractor = {"features": "edvae classifier (NOT InceptionV3: not comparable with published FID)",
-                     "classifier": str(path), "classifier_info": net.info}  # type: ignore[attr-defined]
-    ref_desc: str
+        extract = inception_extractor(inception_weights, dev)
+        return extract, 3, None, {
+            "features": "InceptionV3 pool3, 2048-d (edvae's FID InceptionV3, TF-compatible)",
+            "weights": str(extract.weights), "weights_sha256": extract.sha256}  # type: ignore[attr-defined]
+    path = _classifier_for(classifier, run, dev, classifier_steps, log)
+    extract = classifier_extractor(path, dev)
+    net = extract.net  # type: ignore[attr-defined]
+    return extract, net.channels, net.size, {
+        "features": "edvae classifier (NOT InceptionV3: not comparable with published FID)",
+        "classifier": str(path), "classifier_info": net.info}
+
+
+def measure(*, run_dir: str | Path | None = None, samples: str | Path | None = None,
+            reconstructions: bool = False, reference: str | Path | None = None, split: str | None = None,
+            limit: int | None = None, features: str = "inception",
+            inception_weights: str | Path | None = None, classifier: str | Path | None = None,
+            classifier_steps: int = 1500, batch_size: int = 100, device: str = "auto",
+            log=print) -> dict:
+    """FID (inception) or FD_edvae-classifier between generated samples (a folder) or a run's
+    reconstructions, and a reference: a folder, or the run's `split` (first `limit` images).
+
+    The split defaults to the protocols: samples against the training split (the paper's Table 3),
+    reconstructions of the test split against it (rFID)."""
+    run = Path(run_dir) if run_dir is not None else None
+    _check_measure_args(run, samples, reconstructions, reference, split, limit, features)
+    if reference is None:
+        split = split or ("test" if reconstructions else "train")
+    dev = pick_device(device)
+    # the run folder is read before any work (the classifier may take minutes to train)
+    cfg = run_config(run) if run is not None else None
+    vae = DiscreteVAE.load(run_model_file(run), dev) if reconstructions else None
+    extract, channels, size, extractor = _extractor(features, inception_weights, classifier, run, dev,
+                                                    classifier_steps, log)
     if reference is not None:
         ref = read_image_folder(reference, channels, size, limit)
         ref_desc = str(reference)
     else:
-        cfg = run_config(run)
         ref = load_split(cfg, split, "cpu")
         if limit is not None and limit < len(ref):
             ref = ref.batch(torch.arange(limit))
         ref_desc = f"{cfg.train.dataset} {split}"
     if reconstructions:
-        from .model import DiscreteVAE
-
-        model = DiscreteVAE.load(run, dev)
-        gen = reconstruct_images(model, ref, batch_size)
+        gen = reconstruct_images(vae, ref, batch_size)
         gen_desc = f"reconstructions by {run}"
     else:
         gen = read_image_folder(samples, channels, size)
         gen_desc = str(samples)
     fa = extract_features(extract, gen, batch_size)
     fb = extract_features(extract, ref, batch_size)
-    metric = METRIC_NAMES[features]
-    return {"metric": ("r" if reconstructions else "") + metric,
-            "value": frechet_distance_of_features(fa, fb),
+    protocol = ("reconstructions-of-" if reconstructions else "samples-vs-") + (split if reference is None
+                                                                                 else "folder")
+    return {"metric": ("r" if reconstructions else "") + METRIC_NAMES[features],
+            "value": frechet_distance_of_features(fa, fb), "protocol": protocol,
             "generated": gen_desc, "reference": ref_desc,
             "n_generated": int(fa.shape[0]), "n_reference": int(fb.shape[0]), **extractor}
+
+
+def summary_line(result: dict) -> str:
+    """One line for people: the metric, its value, both image counts and what they were."""
+    about = PROTOCOLS.get(result.get("protocol", ""))
+    return (f"{result['metric']} = {result['value']:.4f}: {result['n_generated']} images "
+            f"({result['generated']}) against {result['n_reference']} ({result['reference']})"
+            + (f"; {about}" if about else ""))

@@ -23,7 +23,7 @@ def run_model_file(run_dir: str | Path) -> Path:
         raise EdvaeError(f"run folder not found: {run_dir} is not a finished run")
     path = run_dir / checkpoint.MODEL_FILE
     if not path.is_file():
-        raise EdvaeError(f"{run_dir} is not a finished run ({checkpoint.MODEL_FILE} missing)")
+        raise EdvaeError(f"{run_dir} is not a finished run ({path} missing)")
     return path
 
 

@@ -32,9 +32,11 @@ from edvae.errors import EdvaeError
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, sorted by relative path."""
-    files = [p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()]
+def list_images(folder: Path, recursive: bool = True) -> list[Path]:
+    """Image files under `folder` (in its subfolders too, unless not `recursive`), sorted by
+    relative path: the one reader of image folders (data sets, the tokenizer, FID)."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = [p for p in found if p.suffix.lower() in EXTENSIONS and p.is_file()]
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
