@@ -67,3 +67,32 @@ def test_tiny_sweep_writes_its_files_and_pretraining_uses_more_codes(tmp_path, c
     # encoder (kmeans) keeps few of its 64 codes, the pretrained encoder's K-means codebook many
     assert at["pretrain"]["perplexity"] > 1.5 * at["random"]["perplexity"]
     assert at["pretrain"]["perplexity"] > at["kmeans"]["perplexity"]
+
+
+def test_an_interrupted_study_resumes_to_the_uninterrupted_results(tmp_path, monkeypatch):
+    """Killed after two runs and started again, the study trains only the runs not finished (the
+    drawn ones again, for their latents) and ends with the results of a call never interrupted."""
+    import edvae.collapse_study as study
+
+    cfg = StudyConfig(components=4, steps=10, pretrain_steps=5, batch_size=16, init_points=64,
+                      test_points=128, codebook_sizes=(4, 8), widths=(4,), width=4, width_sweep_codebook=8,
+                      seeds=(0, 1))
+    whole = study.run_study(cfg, tmp_path / "whole")
+    real, calls = study.train_one, []
+
+    def dies_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(args[3:7])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study, "train_one", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(cfg, tmp_path / "killed")
+    monkeypatch.setattr(study, "train_one", lambda *a, **k: (calls.append(a[3:7]), real(*a, **k))[1])
+    calls.clear()
+    resumed = study.run_study(cfg, tmp_path / "killed")
+    assert resumed["runs"] == whole["runs"] and resumed["summary"] == whole["summary"]
+    assert calls == plan(cfg)[2:]  # the two finished runs were not trained again
+    with pytest.raises(EdvaeError, match="other settings"):
+        study.run_study(StudyConfig(**{**cfg.__dict__, "steps": 11}), tmp_path / "killed")

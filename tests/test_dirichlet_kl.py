@@ -113,7 +113,9 @@ def test_bf16_input_is_computed_in_float32():
 
 def test_fused_log_alpha_and_kl_with_clamp_match_the_textbook_formula():
     # one function returns log(alpha) and the KL of clamped logits; its gradient through both
-    # outputs (and zero above the clamp) matches autograd of the textbook formula in float64
+    # outputs (and zero above the clamp) matches autograd of the textbook formula in float64 away
+    # from the clamp. At the clamp, torch's own clamp changed its gradient (1 up to 2.13, 0 from
+    # 2.14): edvae's convention, checked by hand below, is the gradient of the unclamped formula
     torch.manual_seed(1)
     z = torch.randn(3, 40, 2, 2) * 8
     z[0, :3, 0, 0] = torch.tensor([20.0, 24.0, 31.0])
@@ -127,8 +129,39 @@ def test_fused_log_alpha_and_kl_with_clamp_match_the_textbook_formula():
     (0.3 * ref_kl.sum() + (w.double() * alpha.log()).sum()).backward()
     torch.testing.assert_close(log_alpha.double(), alpha.log(), rtol=1e-6, atol=1e-6)
     assert relative_error(kl, ref_kl).max() < 1e-5
-    torch.testing.assert_close(zf.grad.double(), z64.grad, rtol=1e-4, atol=1e-6)
+    off = z != 20.0
+    assert off.sum() == z.numel() - 1
+    torch.testing.assert_close(zf.grad.double()[off], z64.grad[off], rtol=1e-4, atol=1e-6)
     assert zf.grad[0, 1, 0, 0] == 0 and zf.grad[0, 2, 0, 0] == 0  # above the clamp
+    # exactly at the clamp: the textbook formula without the clamp (the left derivative)
+    z_left = z.clamp(max=20.0).double().requires_grad_()  # a leaf: no clamp in its graph
+    alpha_left = z_left.exp() + 1
+    (0.3 * dirichlet_kl_uniform_reference(alpha_left, dim=1).sum() + (w.double() * alpha_left.log()).sum()
+     ).backward()
+    assert z_left.grad[0, 0, 0, 0].abs() > 1
+    torch.testing.assert_close(zf.grad[0, 0, 0, 0].double(), z_left.grad[0, 0, 0, 0], rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("logits", [[[0.0, -math.inf]], [[0.0, -math.inf], [0.0, 0.5]]],
+                         ids=["nothing-above-the-clamp", "one-logit-above-it"])
+def test_a_logit_exactly_at_the_clamp_keeps_the_unclamped_gradient(logits):
+    # edvae's convention with clamp_max = 0, K = 2, dim = 1 (two CPU paths: without and with a
+    # logit strictly above the clamp). d log(alpha_j)/dz_j = e_j / (1 + e_j) = 1/2 at e_j = 1;
+    # dKL/dz_j = e_j (e_j psi1(1 + e_j) - E psi1(K + E)), and psi1(x) - psi1(x + 1) = 1/x^2:
+    # - alpha = (2, 1): KL = log 2 - 1/2, dKL/dz_0 = psi1(2) - psi1(3) = 1/4;
+    # - alpha = (2, 2) from z = (0, 0.5): KL = log 6 - 5/3 (psi(4) - psi(2) = 1/2 + 1/3),
+    #   dKL/dz_0 = psi1(2) - 2 psi1(4) = 31/18 - pi^2/6, and dz_1 = 0 (above the clamp).
+    # (0.077 is a difference of two terms near 0.4, each from psi1 to ~1e-5 relative: rtol 1e-4)
+    z = torch.tensor(logits, requires_grad=True)
+    log_alpha, kl = evidential_log_alpha_and_kl(z, 0.0, dim=1)
+    grad_kl, = torch.autograd.grad(kl.sum(), z, retain_graph=True)
+    grad_log_alpha, = torch.autograd.grad(log_alpha.sum(), z)
+    kl_by_hand = [math.log(2) - 0.5, math.log(6) - 5 / 3]
+    grad_by_hand = [[0.25, 0.0], [31 / 18 - math.pi ** 2 / 6, 0.0]]
+    n = len(logits)
+    torch.testing.assert_close(kl, torch.tensor(kl_by_hand[:n]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_kl, torch.tensor(grad_by_hand[:n]), rtol=1e-4, atol=0)
+    torch.testing.assert_close(grad_log_alpha, torch.tensor([[0.5, 0.0]] * n), rtol=1e-6, atol=0)
 
 
 def test_gradient_only_mode_skips_the_value_but_not_the_gradient():

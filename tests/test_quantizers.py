@@ -122,3 +122,10 @@ def test_dvae_regulariser_of_peaked_logits_matches_float64():
     log_p = z.double().log_softmax(1)
     exact = (log_p.exp() * (log_p + math.log(64))).sum(1)
     torch.testing.assert_close(q.regulariser(z).double(), exact, rtol=1e-6, atol=0)
+
+
+def test_evidence_keeps_the_gradient_of_a_logit_exactly_at_the_clamp():
+    """edvae's clamp convention (dirichlet_kl.py), whatever torch's clamp does at its bound."""
+    z = torch.tensor([20.0, 21.0, 0.0], requires_grad=True)
+    EvidentialQuantizer(4, 2, clamp_max=20.0).evidence(z).sum().backward()
+    assert z.grad.tolist() == [pytest.approx(math.exp(20), rel=1e-6), 0.0, 1.0]

@@ -9,8 +9,17 @@ import shlex
 import sys
 from pathlib import Path
 
+from .checkpoint import atomic_write_text
+from .collapse_study import config_from_args, run_study
+from .compare import parse_variants, run_grid, write_report
+from .config import config_data, from_dict
 from .errors import EdvaeError
+from .fid import measure, summary_line
+from .prior.sample import sample_run
+from .prior.train_prior import train_prior
 from .quantizers import QUANTIZERS
+from .tokenize import decode_file, encode_files
+from .train import evaluate_run, resumed_config, train
 
 DEFAULT_CPU_CONFIG = "fashion-mnist-cpu.yaml"
 
@@ -38,20 +47,17 @@ def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> list[str]
 
 def config_mapping(args: argparse.Namespace) -> dict[str, object]:
     """What `edvae train` was given: the --config file, the flags, then --set."""
-    from .config import config_data
 
     return config_data(args.config, flag_values(args, VAE_FLAGS), args.set or [])
 
 
 def build_config(args: argparse.Namespace):
     """The validated config of a new run from `edvae train`'s arguments."""
-    from .config import from_dict
 
     return from_dict(config_mapping(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import resumed_config, train
 
     cfg = resumed_config(Path(args.out), config_mapping(args)) if args.resume else build_config(args)
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
@@ -61,7 +67,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .train import evaluate_run
 
     result = evaluate_run(args.run_dir, device=args.device)
     result.pop("code_counts", None)
@@ -74,7 +79,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .tokenize import encode_files
 
     n = encode_files(args.run_dir, args.images, Path(args.output), args.device)
     print(f"wrote {n} code maps to {args.output}")
@@ -82,7 +86,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from .tokenize import decode_file
 
     n = decode_file(args.run_dir, Path(args.codes), Path(args.output), args.device)
     print(f"wrote {n} images to {args.output}")
@@ -90,7 +93,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, command: str | None = None) -> int:
-    from .compare import parse_variants, run_grid, write_report
 
     out = Path(args.out)
     variants = parse_variants(getattr(args, "variant", None) or [])
@@ -111,7 +113,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_prior_train(args: argparse.Namespace) -> int:
-    from .prior.train_prior import train_prior
 
     out = args.out or str(Path(args.run_dir) / "prior")
     result = train_prior(args.run_dir, out, overrides=flag_overrides(args, TRAINING_FLAGS),
@@ -123,7 +124,6 @@ def cmd_prior_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .prior.sample import sample_run
 
     info = sample_run(args.run_dir, args.n, prior_dir=args.prior, out=args.out,
                       temperature=args.temperature, top_k=args.top_k, seed=args.seed,
@@ -133,9 +133,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_write_text
-    from .fid import measure, summary_line
-
     result = measure(run_dir=args.run, samples=args.samples, reconstructions=args.reconstructions,
                      reference=args.reference, split=args.split, limit=args.limit, features=args.features,
                      inception_weights=args.inception_weights, classifier=args.classifier,
@@ -150,7 +147,6 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 
 def cmd_study_collapse(args: argparse.Namespace) -> int:
-    from .collapse_study import config_from_args, run_study
 
     cfg = config_from_args(codebook_sizes=args.sizes, widths=args.widths, seeds=args.seeds, steps=args.steps,
                            pretrain_steps=args.pretrain_steps, width=args.width,
@@ -183,10 +179,7 @@ def add_training_flags(p: argparse.ArgumentParser, steps_default: int | None = N
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edvae", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train a discrete VAE (then evaluate it on the test split)")
     t.add_argument("--config", help="YAML file with sections model and train")
     t.add_argument("--method", help="quantizer: " + ", ".join(sorted(QUANTIZERS)))
@@ -202,12 +195,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a run on its test split; writes eval.json and PNGs")
     e.add_argument("run_dir")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_encode(sub) -> None:
     en = sub.add_parser("encode", help="images (files or folders) -> a .npy of code maps")
     en.add_argument("run_dir")
     en.add_argument("images", nargs="+")
@@ -215,6 +212,8 @@ def parser() -> argparse.ArgumentParser:
     en.add_argument("--device", default="auto")
     en.set_defaults(func=cmd_encode)
 
+
+def _add_decode(sub) -> None:
     de = sub.add_parser("decode", help="a .npy of code maps -> PNG images")
     de.add_argument("run_dir")
     de.add_argument("codes")
@@ -222,6 +221,8 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument("--device", default="auto")
     de.set_defaults(func=cmd_decode)
 
+
+def _add_grid(sub) -> None:
     for name, helptext in (("compare", "train a method x seed grid and tabulate it"),
                            ("demo", "EdVAE vs dVAE on Fashion-MNIST, CPU-sized, one seed")):
         c = sub.add_parser(name, help=helptext)
@@ -242,6 +243,8 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--threads", type=int, default=1, help="CPU threads per run")
         c.set_defaults(func=cmd_demo if name == "demo" else cmd_compare)
 
+
+def _add_prior(sub) -> None:
     pr = sub.add_parser("prior", help="the learned prior over a run's code maps (PixelSNAIL)")
     prs = pr.add_subparsers(dest="prior_command", required=True)
     pt = prs.add_parser("train", help="encode the run's splits once (cached), fit PixelSNAIL, report "
@@ -256,6 +259,8 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--no-progress", action="store_true")
     pt.set_defaults(func=cmd_prior_train)
 
+
+def _add_sample(sub) -> None:
     sa = sub.add_parser("sample", help="ancestral samples from a run's prior, decoded to PNGs")
     sa.add_argument("run_dir")
     sa.add_argument("-n", type=int, required=True, help="number of samples")
@@ -268,6 +273,8 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("--device", default="auto")
     sa.set_defaults(func=cmd_sample)
 
+
+def _add_fid(sub) -> None:
     f = sub.add_parser("fid", help="FID (edvae's InceptionV3 of FID) or FD_edvae-classifier of samples "
                                    "or reconstructions against a data split or folder (docs/prior.md)")
     f.add_argument("--run", help="run folder: its dataset is the reference, its model reconstructs")
@@ -295,6 +302,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--output", help="also write the result to this JSON file")
     f.set_defaults(func=cmd_fid)
 
+
+def _add_study(sub) -> None:
     st = sub.add_parser("study", help="self-contained studies (see docs/)")
     sts = st.add_subparsers(dest="study_command", required=True)
     sc = sts.add_parser("collapse", help="tokens and embeddings collapse of VQ on a synthetic Gaussian "
@@ -315,6 +324,14 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--threads", type=_positive_int, help="torch CPU threads (default 1)")
     sc.add_argument("--command-text", dest="command_text", help=argparse.SUPPRESS)
     sc.set_defaults(func=cmd_study_collapse)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edvae", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_eval, _add_encode, _add_decode, _add_grid, _add_prior, _add_sample,
+                _add_fid, _add_study):
+        add(sub)
     return p
 
 

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_write_text
+from .collapse_plots import plot_latents, plot_sweeps
 from .engine.loop import Fit, Phase, StepOutput, fit
 from .errors import EdvaeError
 from .kmeans import kmeans
@@ -54,8 +55,8 @@ from .metrics import perplexity
 from .quantizers.vq_ema import EMAVQQuantizer
 
 ARMS = ("random", "kmeans", "pretrain")
-ARM_LABELS = {"random": "random init (uniform +-1/K)", "kmeans": "K-means on untrained encoder",
-              "pretrain": "pretrain, then K-means"}
+STUDY_FILE = "study.json"  # the settings of the study a folder holds
+RUNS_FILE = "runs.jsonl"  # its finished runs, one row each
 
 
 @dataclass
@@ -216,13 +217,31 @@ def plan(cfg: StudyConfig) -> list[tuple[str, int, int, int]]:
     return [(arm, k, w, s) for k, w in unique for arm in cfg.arms for s in cfg.seeds]
 
 
+def _finished_runs(cfg: StudyConfig, out: Path) -> dict[tuple, dict[str, Any]]:
+    """The runs an earlier, interrupted call of the same study finished (runs.jsonl), by key; a folder
+    that holds a study with other settings is refused."""
+    settings = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    stored = out / STUDY_FILE
+    if stored.is_file() and stored.read_text() != settings:
+        raise EdvaeError(f"{out} holds a collapse study with other settings ({stored}); pick another --out")
+    atomic_write_text(stored, settings)
+    runs = out / RUNS_FILE
+    lines = runs.read_text().splitlines() if runs.is_file() else []
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return {(r["arm"], r["codebook_size"], r["width"], r["seed"]): r for r in rows}
+
+
 def run_study(cfg: StudyConfig, out: str | Path, command: str = "",
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the sweep, one run after the other, and write results.json, summary.md and the PNGs into
-    `out`."""
+    `out`. Each finished run is appended to runs.jsonl: a call interrupted and started again with
+    the same settings trains only the runs not finished (every run is a function of its settings
+    and seed, so the results are those of an uninterrupted call); the runs drawn in latents.png are
+    trained again for their latents."""
     cfg.check()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    done = _finished_runs(cfg, out)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -232,16 +251,22 @@ def run_study(cfg: StudyConfig, out: str | Path, command: str = "",
         picture = (max(cfg.codebook_sizes), cfg.width, cfg.seeds[0])
         began = time.perf_counter()
         rows, latents = [], {}
-        for i, (arm, k, w, s) in enumerate(todo):
-            keep = (k, w, s) == picture
-            row = train_one(cfg, means, test, arm, k, w, s, keep_latents=keep)
-            if keep:
-                latents[arm] = {key: row.pop(key) for key in ("_latents", "_codebook", "_counts")}
-            rows.append(row)
-            if log:
-                log(f"[{i + 1}/{len(todo)}] {arm:8s} K={k:<5d} width={w:<3d} seed={s}: perplexity "
-                    f"{row['perplexity']:.1f}, used {row['used_codes']}, mse {row['mse']:.4f} "
-                    f"({time.perf_counter() - began:.0f} s)")
+        with open(out / RUNS_FILE, "a") as runs:
+            for i, (arm, k, w, s) in enumerate(todo):
+                keep = (k, w, s) == picture
+                row = done.get((arm, k, w, s)) if not keep else None
+                if row is None:
+                    row = train_one(cfg, means, test, arm, k, w, s, keep_latents=keep)
+                    if keep:
+                        latents[arm] = {key: row.pop(key) for key in ("_latents", "_codebook", "_counts")}
+                    if (arm, k, w, s) not in done:
+                        runs.write(json.dumps(row) + "\n")
+                        runs.flush()
+                rows.append(row)
+                if log:
+                    log(f"[{i + 1}/{len(todo)}] {arm:8s} K={k:<5d} width={w:<3d} seed={s}: perplexity "
+                        f"{row['perplexity']:.1f}, used {row['used_codes']}, mse {row['mse']:.4f} "
+                        f"({time.perf_counter() - began:.0f} s)")
     finally:
         torch.set_num_threads(threads)
     summary = summarise(cfg, rows)
@@ -314,85 +339,6 @@ def pretraining_margin(cfg: StudyConfig, summary: dict[str, list[dict[str, Any]]
     others = ", ".join(f"{a} {e['perplexity']:.1f} (x{p / max(e['perplexity'], 1e-9):.1f})"
                        for a, e in at.items() if a != "pretrain")
     return f"At K = {k}: pretrain perplexity {p:.1f} against {others}."
-
-
-# ------------------------------------------------------------------ figures
-
-
-def _pyplot():
-    from .plots import _pyplot
-
-    return _pyplot()
-
-
-def plot_sweeps(cfg: StudyConfig, summary: dict[str, list[dict[str, Any]]], out: Path) -> None:
-    plt = _pyplot()
-    width_label = f"encoder/decoder width ({cfg.width_sweep_codebook} codes)"
-    for sweep, key, xlabel, name in (
-            ("codebook", "codebook_size", f"codebook size K (width {cfg.width})", "codebook-sweep.png"),
-            ("width", "width", width_label, "width-sweep.png")):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for arm in cfg.arms:
-            es = [e for e in summary[sweep] if e["arm"] == arm]
-            x = [e[key] for e in es]
-            for ax, metric in zip(axes, ("perplexity", "mse"), strict=True):
-                ax.errorbar(x, [e[metric] for e in es], yerr=[e[metric + "_std"] for e in es],
-                            marker="o", capsize=3, label=ARM_LABELS[arm])
-        if sweep == "codebook":
-            ks = list(cfg.codebook_sizes)
-            axes[0].plot(ks, ks, ":", color="grey", label="K (every code equally used)")
-        else:
-            axes[0].axhline(cfg.width_sweep_codebook, ls=":", color="grey", label="K")
-        axes[0].set_ylabel("test perplexity")
-        axes[1].set_ylabel("test MSE")
-        for ax in axes:
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel(xlabel)
-            ax.grid(alpha=0.3, which="both")
-        axes[0].legend(fontsize=7)
-        fig.suptitle(f"{cfg.components}-component Gaussian mixture, VQ-EMA, {len(cfg.seeds)} seed(s)")
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
-
-
-def plot_latents(cfg: StudyConfig, means: torch.Tensor, test: torch.Tensor, labels: torch.Tensor,
-                 latents: dict[str, dict[str, torch.Tensor]], picture: tuple[int, int, int],
-                 path: Path) -> None:
-    """Data; then per arm the encoder outputs (coloured by component) and the codewords."""
-    plt = _pyplot()
-    k, w, s = picture
-    n = min(4000, test.shape[0])
-    panels = 1 + len(latents)
-    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.2))
-    axes = [axes] if panels == 1 else list(axes)
-    colours = labels[:n].numpy()
-    axes[0].scatter(test[:n, 0].numpy(), test[:n, 1].numpy(), c=colours, cmap="tab20", s=2)
-    axes[0].set_title(f"data: {cfg.components} Gaussians" + (" (first 2 dims)" if cfg.data_dim > 2 else ""))
-    for ax, arm in zip(axes[1:], [a for a in cfg.arms if a in latents], strict=True):
-        lat = latents[arm]
-        z, c, used = lat["_latents"][:n], lat["_codebook"], lat["_counts"] > 0
-        ax.scatter(z[:, 0].numpy(), z[:, 1].numpy(), c=colours, cmap="tab20", s=2, alpha=0.5)
-        ax.scatter(c[~used, 0].numpy(), c[~used, 1].numpy(), marker="x", s=8, color="0.6", lw=0.6,
-                   label=f"unused codewords ({int((~used).sum())})")
-        ax.scatter(c[used, 0].numpy(), c[used, 1].numpy(), marker=".", s=10, color="black",
-                   label=f"used codewords ({int(used.sum())})")
-        ppl = perplexity(lat["_counts"])
-        ax.set_title(f"{ARM_LABELS[arm]}\nperplexity {ppl:.1f} of K = {k}", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-        # frame the encoder outputs; far-off unused codewords would squash them into a corner
-        lo, hi = z.min(0).values, z.max(0).values
-        pad = 0.1 * (hi - lo).clamp_min(1e-3)
-        ax.set_xlim(float(lo[0] - pad[0]), float(hi[0] + pad[0]))
-        ax.set_ylim(float(lo[1] - pad[1]), float(hi[1] + pad[1]))
-    for ax in axes:
-        ax.set_aspect("equal", adjustable="box")
-        ax.tick_params(labelsize=7)
-    fig.suptitle(f"latent space (width {w}, seed {s}): encoder outputs coloured by component, codewords")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def config_from_args(**values: Any) -> StudyConfig:

@@ -31,7 +31,7 @@ def autocast_for(device: torch.device, precision: str):
     """bf16 autocast on CUDA devices that support it (precision auto or bf16); else fp32."""
     if precision == "fp32":
         return nullcontext()
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)

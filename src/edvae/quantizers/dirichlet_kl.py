@@ -108,7 +108,8 @@ def _position_terms(total: torch.Tensor, k: int, value: bool) -> tuple[torch.Ten
 
 class _EvidentialKL(torch.autograd.Function):
     """logits -> (log alpha, KL per position), alpha = exp(min(logits, clamp_max)) + 1, in one pass
-    over the (B, K, ...) tensor whose backward is three fused multiply-adds."""
+    over the (B, K, ...) tensor whose backward is three fused multiply-adds. Only logits strictly
+    above clamp_max get a zero gradient (the boundary convention of `evidential_log_alpha_and_kl`)."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, dim: int, clamp_max: float | None, value: bool):
@@ -117,7 +118,7 @@ class _EvidentialKL(torch.autograd.Function):
         # on a CPU, reading amax back is free and saves two passes when nothing is clamped; on an
         # accelerator it would be a host-device sync every step, so there the clamp always runs
         if clamp_max is not None and (z.device.type != "cpu" or bool(z.amax() > clamp_max)):
-            clamped = z > clamp_max  # evidence is constant there: no gradient
+            clamped = z > clamp_max  # evidence is constant there: no gradient (not at == clamp_max)
             z = z.clamp(max=clamp_max)
         e = z.exp()
         k = e.shape[dim]
@@ -158,6 +159,16 @@ def evidential_log_alpha_and_kl(logits: torch.Tensor, clamp_max: float | None = 
 
     With value=False the KL returned is zeros, but its gradient is still the exact gradient of the
     KL: for training steps whose loss is not reported (about half the cost of the value).
+
+    The clamp's boundary, edvae's convention: a logit exactly at clamp_max keeps the gradient of
+    the unclamped formula (its left derivative, the subgradient 1 for the clamp); only logits
+    strictly above clamp_max get 0. This is the gradient of the authors' code on the torch it ran on:
+    exp(logits.clamp(min=-inf, max=20)) + 1 (github.com/ituvisionlab/EdVAE, models/utils.py) under
+    PyTorch 2.0.0 (its package-list.txt), whose clamp passes the subgradient 1 at both bounds, as
+    torch did up to 2.13; torch 2.14 gives 0 there. edvae keeps 1, whatever the installed torch does:
+    it reproduces the paper's runs; under bf16 autocast the logits are spaced 0.125 apart near 20, so
+    a logit lands exactly on the clamp often, and with 0 it would get no gradient at all (neither the
+    KL's pull down nor the reconstruction's); and it keeps edvae's gradients bit for bit as before.
     """
     if logits.dim() == 0:
         raise ValueError("logits need at least one dimension (the categories)")

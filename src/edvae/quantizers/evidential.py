@@ -32,7 +32,9 @@ class EvidentialQuantizer(LogitCodebookQuantizer):
         self.dirichlet_sample = dirichlet_sample
 
     def evidence(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.clamp(max=self.clamp_max).exp()
+        # edvae's clamp convention (dirichlet_kl.py): a logit exactly at clamp_max keeps its
+        # gradient on every torch (torch's clamp gives 0 there from 2.14 on)
+        return torch.where(logits > self.clamp_max, self.clamp_max, logits).exp()
 
     def dirichlet_log_weights(self, logits: torch.Tensor) -> torch.Tensor:
         """log g with g_k ~ Gamma(alpha_k, 1): the softmax that follows normalises g, which makes
