@@ -1,7 +1,7 @@
 """The synthetic study of representation collapse in vector quantization (`edvae study collapse`).
 
-Zhao, Zou, Shah, Liu, "Representation collapsing problems in vector quantization" (arXiv 2411.16550;
-shared/papers/representation-collapse-summary.md): tokens collapse (the codewords gather on a few
+Zhao, Zou, Shah, Liu, "Representation collapsing problems in vector quantization" (arXiv 2411.16550):
+tokens collapse (the codewords gather on a few
 encoder outputs) comes from initialising the codebook before the encoder has learned anything, and
 is cured by pretraining the autoencoder without quantization, then initialising the codebook by
 K-means on its encoder outputs; embeddings collapse (encoder outputs of different modes merge) comes

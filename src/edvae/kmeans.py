@@ -20,7 +20,7 @@ K-means initialisation of a quantizer's codebook from encoder outputs.
   the rounding of sums taken in another order).
 
 The pretrain-then-quantize recipe (Representation collapsing problems in vector quantization,
-arXiv 2411.16550; shared/papers/baselines.md) uses `init_codebook_from_encoder`: train the
+arXiv 2411.16550) uses `init_codebook_from_encoder`: train the
 autoencoder without quantization, then set the codebook to the K-means centres of the encoder
 outputs of a few training batches (train.pretrain_steps in train.py).
 """

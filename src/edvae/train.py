@@ -104,7 +104,8 @@ class VAESteps:
         if not report:
             return StepOutput(loss)
         kl = q.stats.get("kl")
-        metrics = {"mse": mse, "kl": torch.zeros((), device=self.device) if kl is None else kl}
+        metrics = {"mse": mse, "kl": torch.zeros((), device=self.device) if kl is None else kl,
+                   **{f"quantizer_{k}": v for k, v in q.stats.items() if k != "kl"}}  # in metrics.jsonl
         return StepOutput(loss, metrics, {"counts": code_counts(q.indices, self.cfg.model.codebook_size)})
 
     def init_codebook(self, done: int) -> None:
