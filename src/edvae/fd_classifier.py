@@ -132,8 +132,6 @@ def train_classifier(train_set: ImageSet, test_set: ImageSet | None = None, *,
     f = Fit(net, torch.optim.Adam(net.parameters(), lr=lr), [Phase(steps, run.step)], lambda _: {"lr": lr},
             seed, torch.device(device), checkpoint_every=checkpoint_every, out=state_dir, config=info,
             model_file=None, progress="fd classifier" if progress else None, name="classifier training")
-    if state_dir is not None:
-        state_dir.mkdir(parents=True, exist_ok=True)
     resume = state_dir is not None and (state_dir / checkpoint.STATE_FILE).is_file()
     fit(f, f.resume() if resume else 0)
     net.eval()

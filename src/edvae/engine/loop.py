@@ -103,6 +103,8 @@ class Fit:
 
 def fit(f: Fit, start: int = 0) -> None:
     """Train steps start .. f.steps - 1 (see the module docstring), then save."""
+    if f.writes:
+        f.out.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(f.out, start, f.fields) if f.writes else None
     bar = _progress_bar(f, start)
     began = time.perf_counter()
@@ -119,8 +121,10 @@ def fit(f: Fit, start: int = 0) -> None:
             log.close()
         if bar is not None:
             bar.close()
-    final_missing = f.model_file is not None and not (f.out / f.model_file).exists() if f.writes else False
-    if f.writes and (start < f.steps or final_missing):
+    if not f.writes:
+        return
+    model_missing = f.model_file is not None and not (f.out / f.model_file).exists()
+    if start < f.steps or model_missing:  # a finished run resumed again writes nothing
         f.save_state(f.steps)
         if f.model_file is not None:
             checkpoint.save_model(f.out / f.model_file, f.model, f.config)
