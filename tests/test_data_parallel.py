@@ -33,8 +33,7 @@ def simulate(cfg, world: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(t.seed)
     model = DiscreteVAE(cfg.model).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr)
-    sched = Schedules(t.steps, t.schedule_steps, t.lr, t.lr_min, t.lr_anneal_steps, t.beta_max,
-                      t.beta_ramp_steps, t.temperature_decay, t.temperature_min)
+    sched = Schedules.from_train(t)
     order = BatchOrder(len(train_set), t.batch_size, t.seed)
     for step in range(t.steps):
         for g in opt.param_groups:

@@ -7,7 +7,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "src" / "edvae"
 ENGINE = {"engine"}
 APPS = {"cli", "__main__", "train", "compare", "prior", "fid", "fd_classifier", "collapse_study",
-        "collapse_plots", "tokenize"}
+        "collapse_plots", "tokenize", "bench", "progress", "study_file", "study_report", "study_generation",
+        "study_run", "demo_summary"}
 
 
 def layer(module: str) -> int:
@@ -16,9 +17,14 @@ def layer(module: str) -> int:
     return 2 if top in APPS else 1 if top in ENGINE else 0
 
 
+def dotted(path: Path) -> str:
+    """src/edvae/engine/loop.py -> engine.loop; a package's __init__.py -> the package."""
+    return path.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__")
+
+
 def edvae_imports(path: Path) -> list[tuple[str, bool]]:
     """(imported module below edvae, whether the import is inside a function) for each import."""
-    name = path.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__")
+    name = dotted(path)
     package = name.split(".")[:-1] if not path.name == "__init__.py" else name.split(".")
     out = []
     tree = ast.parse(path.read_text())
@@ -43,8 +49,7 @@ def edvae_imports(path: Path) -> list[tuple[str, bool]]:
 
 def modules():
     for path in sorted(PACKAGE.rglob("*.py")):
-        name = path.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__")
-        yield name, path
+        yield dotted(path), path
 
 
 def test_layers_import_downward_only():

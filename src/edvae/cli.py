@@ -1,5 +1,5 @@
-"""The `edvae` command line: train | eval | encode | decode | compare | demo | prior | sample | fid |
-study."""
+"""The `edvae` command line: train | eval | encode | decode | compare | demo | bench | prior | sample |
+fid | study."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ from .checkpoint import atomic_write_text
 from .collapse_study import config_from_args, run_study
 from .compare import parse_variants, run_grid, write_report
 from .config import config_data, from_dict
+from .demo_summary import closing_sentences
 from .errors import EdvaeError
 from .fid import measure, summary_line
 from .prior.sample import sample_run
 from .prior.train_prior import train_prior
+from .progress import LiveDisplay
 from .quantizers import QUANTIZERS
+from .study_file import SCALES
+from .study_run import run_bench, run_lines, study_plan
 from .tokenize import decode_file, encode_files
 from .train import evaluate_run, resumed_config, train
 
@@ -32,7 +36,8 @@ def _packaged_config(name: str) -> Path:
 TRAINING_FLAGS = {"steps": "train.steps", "batch_size": "train.batch_size", "seed": "train.seed",
                   "device": "train.device"}
 VAE_FLAGS = {**TRAINING_FLAGS, "method": "model.method", "dataset": "train.dataset",
-             "data_dir": "train.data_dir", "width": "model.width", "pretrain_steps": "train.pretrain_steps"}
+             "data_dir": "train.data_dir", "width": "model.width", "pretrain_steps": "train.pretrain_steps",
+             "compile": "train.compile", "cuda_graph": "train.cuda_graph"}
 
 
 def flag_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, object]:
@@ -92,24 +97,41 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace, command: str | None = None) -> int:
-
+def cmd_compare(args: argparse.Namespace, command: str | None = None, closing=None) -> int:
+    """The grid on the bench engine; `closing(rows)` gives sentences to end the report with."""
     out = Path(args.out)
     variants = parse_variants(getattr(args, "variant", None) or [])
     overrides = flag_overrides(args, {k: v for k, v in VAE_FLAGS.items() if k not in ("method", "seed")})
     rows = run_grid(args.methods, args.seeds, out, args.config, overrides, args.jobs, args.threads,
-                    variants)
-    table = write_report(out, rows, args.methods, command or "edvae " + shlex.join(sys.argv[1:]))
+                    variants, LiveDisplay())
+    sentences = closing(rows) if closing is not None else None
+    table = write_report(out, rows, args.methods, command or "edvae " + shlex.join(args.argv), sentences)
     print(table)
+    if sentences:
+        print("\n\n".join(sentences) + "\n")
     print(f"runs, results.json, summary.md and perplexity.png are in {out}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """A small study preset: EdVAE and dVAE, one seed, the packaged CPU protocol (A) cut to
+    --steps, with the live display; the report ends with sentences computed from its numbers."""
     args.config = str(_packaged_config(DEFAULT_CPU_CONFIG))
     args.methods = ["edvae", "dvae"]
     args.seeds = [0]
-    return cmd_compare(args)
+    return cmd_compare(args, closing=closing_sentences)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.list:
+        print("\n".join(run_lines(study_plan(args.study, args.scale, args.set or []))))
+        return 0
+    out = Path(args.out or f"runs/{Path(args.study).stem}-{args.scale}")
+    text = run_bench(args.study, args.scale, out, args.jobs, args.threads, "edvae " + shlex.join(args.argv),
+                     args.set or [], args.inception_weights, progress=not args.no_progress)
+    print(text)
+    print(f"runs, results.json, tables.md and the figures are in {out}")
+    return 0
 
 
 def cmd_prior_train(args: argparse.Namespace) -> int:
@@ -190,6 +212,7 @@ def _add_train(sub) -> None:
                    help="train encoder -> decoder this many steps without quantization, then set the "
                         "codebook by K-means on encoder outputs (codebook methods only)")
     add_training_flags(t)
+    add_compile_flags(t)
     t.add_argument("--out", required=True, help="run folder (must be new unless --resume)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     t.add_argument("--no-progress", action="store_true")
@@ -237,11 +260,31 @@ def _add_grid(sub) -> None:
         c.add_argument("--batch-size", dest="batch_size", type=int, help="train.batch_size")
         c.add_argument("--width", type=int, help="model.width")
         c.add_argument("--device", help="auto, cpu, cuda, mps (train.device)")
+        add_compile_flags(c)
         c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
         c.add_argument("--out", default="runs/demo" if name == "demo" else "runs/compare")
         c.add_argument("--jobs", type=int, default=2, help="runs trained at once")
         c.add_argument("--threads", type=int, default=1, help="CPU threads per run")
         c.set_defaults(func=cmd_demo if name == "demo" else cmd_compare)
+
+
+def _add_bench(sub) -> None:
+    b = sub.add_parser("bench", help="run a study file (studies/*.yaml): every run validated first, "
+                                     "resumable, N at once, one progress line, tables and figures")
+    b.add_argument("study", help="the study file")
+    b.add_argument("--scale", default="paper", choices=SCALES,
+                   help="paper: the protocol's steps, batch, width and kernel per data set; cpu-small: the "
+                        "study's Fashion-MNIST CPU protocol (docs/results.md)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key of every run")
+    b.add_argument("--out", help="output folder (default runs/STUDY-SCALE)")
+    b.add_argument("--jobs", type=_positive_int, default=2, help="runs at once (several may share a GPU)")
+    b.add_argument("--threads", type=_positive_int, default=1, help="CPU threads per run")
+    b.add_argument("--inception-weights", dest="inception_weights", metavar="FILE",
+                   help="FID's Inception weights for generation studies (FD_edvae-classifier is always "
+                        "measured)")
+    b.add_argument("--list", action="store_true", help="print the validated run list and exit")
+    b.add_argument("--no-progress", action="store_true", help="no progress line")
+    b.set_defaults(func=cmd_bench)
 
 
 def _add_prior(sub) -> None:
@@ -326,11 +369,21 @@ def _add_study(sub) -> None:
     sc.set_defaults(func=cmd_study_collapse)
 
 
+def add_compile_flags(p: argparse.ArgumentParser) -> None:
+    """--compile and --cuda-graph (docs/performance.md); absent, the config's values hold."""
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training step (train.compile); the compile time is printed once "
+                        "and not counted in the logged seconds")
+    p.add_argument("--cuda-graph", dest="cuda_graph", action="store_true", default=None,
+                   help="with --compile, on CUDA: replay the compiled step as CUDA graphs "
+                        "(train.cuda_graph). This has never run on a GPU: untested")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edvae", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_eval, _add_encode, _add_decode, _add_grid, _add_prior, _add_sample,
-                _add_fid, _add_study):
+    for add in (_add_train, _add_eval, _add_encode, _add_decode, _add_grid, _add_bench, _add_prior,
+                _add_sample, _add_fid, _add_study):
         add(sub)
     return p
 

@@ -1,5 +1,8 @@
 """Method x seed grids: train each run (in parallel processes), then one table and one figure.
 
+A thin front of the study engine (bench.py): the grid is a list of runs that the engine validates,
+trains and resumes; this module names them and writes the grid's report.
+
 Writes into OUT: one run folder per (method, seed), results.json (every run's evaluation),
 summary.md (mean +- std per method) and perplexity.png (test perplexity over training).
 
@@ -10,19 +13,16 @@ A grid entry is a registered method or a variant: a label naming a method plus c
 from __future__ import annotations
 
 import json
-import os
-import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from .bench import RunSpec, run_specs, validate_runs
 from .checkpoint import atomic_write_text
-from .config import config_data, from_dict
 from .errors import EdvaeError
 from .plots import save_grouped_curves
+from .progress import LiveDisplay
 from .quantizers import QUANTIZERS
+from .study_report import mean_std  # noqa: F401  (public here too: scripts import it)
 
 COLUMNS = (("perplexity", "perplexity (argmax)", 1.0, 1),
            ("perplexity_sampled", "perplexity (sampled)", 1.0, 1),
@@ -48,68 +48,38 @@ def parse_variants(specs: list[list[str]]) -> dict[str, tuple[str, list[str]]]:
     return variants
 
 
-def check_grid(methods: list[str], seeds: list[int], config: str | None, overrides: list[str],
-               variants: dict[str, tuple[str, list[str]]]) -> None:
-    """Every run's config built and validated here, before any run starts; a bad one names its
-    grid entry."""
+def grid_specs(methods: list[str], seeds: list[int], config: str | None, overrides: list[str],
+               variants: dict[str, tuple[str, list[str]]]) -> list[RunSpec]:
+    """The grid's runs, seed-major (the methods of one seed run side by side), named ENTRY-seedSEED;
+    a variant's own settings come after the shared ones, so they win."""
     unknown = [m for m in methods if m not in QUANTIZERS and m not in variants]
     if unknown:
         raise EdvaeError(f"unknown method or variant {unknown[0]!r} (methods: {', '.join(QUANTIZERS)}; "
                          f"variants: {', '.join(variants) or 'none given'})")
+    specs = []
     for seed in seeds:
         for entry in methods:
             method, extra = variants.get(entry, (entry, []))
-            try:
-                from_dict(config_data(config, {"model.method": method, "train.seed": seed},
-                                      [*overrides, *extra]))
-            except EdvaeError as exc:
-                raise EdvaeError(f"grid entry {entry}-seed{seed}: {exc}") from None
+            specs.append(RunSpec(f"{entry}-seed{seed}", method, seed, config, [*overrides, *extra],
+                                 {"entry": entry, "seed": seed}))
+    return specs
+
+
+def check_grid(methods: list[str], seeds: list[int], config: str | None, overrides: list[str],
+               variants: dict[str, tuple[str, list[str]]]) -> None:
+    """Every run's config built and validated here, before any run starts; a bad one names its
+    grid entry."""
+    validate_runs(grid_specs(methods, seeds, config, overrides, variants), "grid entry")
 
 
 def run_grid(methods: list[str], seeds: list[int], out: Path, config: str | None,
              overrides: list[str], jobs: int, threads: int,
-             variants: dict[str, tuple[str, list[str]]] | None = None) -> list[dict[str, Any]]:
-    variants = variants or {}
-    check_grid(methods, seeds, config, overrides, variants)
-    out.mkdir(parents=True, exist_ok=True)
-    pending = []
-    for seed in seeds:  # seed-major: the methods of one seed run side by side
-        for entry in methods:
-            method, extra = variants.get(entry, (entry, []))
-            run_dir = out / f"{entry}-seed{seed}"
-            if (run_dir / "eval.json").is_file():
-                continue  # finished earlier: the grid is resumable
-            cmd = [sys.executable, "-m", "edvae", "train", "--method", method, "--seed", str(seed),
-                   "--out", str(run_dir), "--no-progress", "--set", f"train.threads={threads}"]
-            if config:
-                cmd += ["--config", config]
-            for o in [*overrides, *extra]:  # a variant's own settings win
-                cmd += ["--set", o]
-            if (run_dir / "checkpoint.safetensors").is_file():
-                cmd.append("--resume")
-            elif run_dir.exists():
-                for f in run_dir.iterdir():  # a run killed before its first checkpoint
-                    f.unlink() if f.is_file() else None
-            pending.append((run_dir, cmd))
-    running: list[tuple[Path, subprocess.Popen]] = []
-    failed = []
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    while pending or running:
-        while pending and len(running) < jobs:
-            run_dir, cmd = pending.pop(0)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            log = open(run_dir.parent / f"{run_dir.name}.log", "w")
-            print(f"start {run_dir.name}", flush=True)
-            running.append((run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
-        while all(proc.poll() is None for _, proc in running):
-            time.sleep(0.5)
-        run_dir, proc = next(r for r in running if r[1].returncode is not None)
-        running.remove((run_dir, proc))
-        if proc.returncode != 0:
-            failed.append(run_dir.name)
-        print(f"done  {run_dir.name} (exit {proc.returncode})", flush=True)
-    if failed:
-        raise EdvaeError(f"runs failed: {', '.join(failed)} (see their .log files in {out})")
+             variants: dict[str, tuple[str, list[str]]] | None = None,
+             display: LiveDisplay | None = None) -> list[dict[str, Any]]:
+    """Train the grid on the bench engine (bench.py: validated first, finished runs skipped,
+    interrupted ones resumed, `jobs` at once, one live display) and collect its evaluations."""
+    specs = grid_specs(methods, seeds, config, overrides, variants or {})
+    run_specs(specs, out, jobs, threads, "grid entry", display)
     return collect(out, methods, seeds)
 
 
@@ -124,16 +94,6 @@ def collect(out: Path, methods: list[str], seeds: list[int]) -> list[dict[str, A
             r.pop("code_counts", None)
             rows.append({"method": method, "seed": seed, **r})
     return rows
-
-
-def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    """Mean +- population std of the values that are not None, scaled; "-" when there are none."""
-    values = [v * scale for v in values if v is not None]
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    std = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}f} +- {std:.{digits}f}"
 
 
 def summary_table(rows: list[dict[str, Any]], methods: list[str]) -> str:
@@ -160,13 +120,16 @@ def training_curves(out: Path, rows: list[dict[str, Any]]) -> dict[str, list[lis
     return groups
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], methods: list[str], command: str) -> str:
+def write_report(out: Path, rows: list[dict[str, Any]], methods: list[str], command: str,
+                 closing: list[str] | None = None) -> str:
+    """results.json, summary.md (the command, the table, then the `closing` sentences) and
+    perplexity.png; the table."""
     table = summary_table(rows, methods)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
     curves = training_curves(out, rows)
     if any(any(runs) for runs in curves.values()):
         save_grouped_curves(out / "perplexity.png", curves, "test perplexity (argmax)",
                             "test-subset perplexity during training (one line per seed)")
-    text = f"Command: `{command}`\n\n{table}"
+    text = f"Command: `{command}`\n\n{table}" + ("\n" + "\n\n".join(closing) + "\n" if closing else "")
     atomic_write_text(out / "summary.md", text)
     return table

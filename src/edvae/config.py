@@ -17,6 +17,7 @@ import yaml
 from .data import DATASETS
 from .errors import EdvaeError
 from .quantizers import QUANTIZERS
+from .schedules import LR_SCHEDULES
 from .yaml_values import load_yaml, parse_value
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -40,6 +41,9 @@ class ModelConfig:
     hidden_ratio: float = 0.25  # block hidden width / output width: code 0.25, paper's table 1.0
     init_std: float = 0.02
     eval_mode: str = "argmax"  # argmax (authors' code) or sample (Algorithm 2)
+    # the logit methods (EdVAE, dVAE): the encoder's last 1x1 convolution in float32 under bf16
+    # autocast, so the logits are not rounded to bf16 before the exponential (nets/dalle.py)
+    float32_logits: bool = True
     options: dict[str, Any] = field(default_factory=dict)  # method-specific, e.g. clamp_max
 
 
@@ -55,8 +59,12 @@ class TrainConfig:
     lr: float = 1e-3
     lr_min: float = 1.25e-6
     lr_anneal_steps: int = 50_000
+    # quarter-cosine: the authors' code (the same ramp as beta); half-cosine: the earlier default,
+    # which every result committed before this option used (schedules.py)
+    lr_schedule: str = "quarter-cosine"
     beta_max: float | None = None  # None: the method's paper value (EdVAE 5e-7, dVAE 5e-5)
     beta_ramp_steps: int = 5_000
+    temperature_init: float = 1.0  # tau = temperature_init * exp(-temperature_decay t)
     temperature_decay: float = 1e-5
     temperature_min: float = 0.0
     schedule_steps: int = 150_000  # the budget the step counts above are given for
@@ -74,6 +82,10 @@ class TrainConfig:
     # pretrain-then-quantize (arXiv 2411.16550): the first steps train encoder -> decoder without
     # quantization, then the codebook is set by K-means on encoder outputs (train.py); 0 = off
     pretrain_steps: int = 0
+    # torch.compile of the training step (engine/compile.py, docs/performance.md); cuda_graph: the
+    # compiled step replayed as CUDA graphs (CUDA only; needs compile; never yet run on a GPU)
+    compile: bool = False
+    cuda_graph: bool = False
 
 
 @dataclass
@@ -90,7 +102,7 @@ class RunConfig:
 
 _POSITIVE = {"channels", "image_size", "codebook_size", "codebook_dim", "width", "first_kernel",
              "steps", "batch_size", "lr_anneal_steps", "schedule_steps", "log_every",
-             "eval_subset", "eval_batch_size"}
+             "eval_subset", "eval_batch_size", "temperature_init"}
 _NON_NEGATIVE = {"lr", "lr_min", "beta_ramp_steps", "temperature_decay",
                  "temperature_min", "threads", "eval_every", "checkpoint_every", "init_std",
                  "pretrain_steps"}
@@ -189,6 +201,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise EdvaeError(f"config key train.device must be one of {DEVICES}, got {t.device!r}")
     if t.precision not in PRECISIONS:
         raise EdvaeError(f"config key train.precision must be one of {PRECISIONS}, got {t.precision!r}")
+    if t.cuda_graph and not t.compile:
+        raise EdvaeError("config key train.cuda_graph needs train.compile: true (CUDA graphs replay the "
+                         "compiled step)")
+    if t.cuda_graph and t.device in ("cpu", "mps"):
+        raise EdvaeError(f"config key train.cuda_graph needs a CUDA device, got train.device {t.device!r}")
+    if t.lr_schedule not in LR_SCHEDULES:
+        raise EdvaeError(f"config key train.lr_schedule must be one of {LR_SCHEDULES}, got {t.lr_schedule!r}")
     return cfg
 
 
@@ -262,7 +281,20 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     target[parts[-1]] = value
 
 
-RESUMABLE_CHANGES = ("train.device", "train.threads")  # where a resumed run runs, not what it computes
+# where (and how) a resumed run runs, not what it computes: a compiled step computes the same as an
+# eager one up to rounding, as another device does
+RESUMABLE_CHANGES = ("train.device", "train.threads", "train.compile", "train.cuda_graph")
+# keys added after runs had been stored, with the value that computes what such a run computed
+STORED_BEFORE = {"train.lr_schedule": "half-cosine", "model.float32_logits": False}
+
+
+def with_stored_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config mapping with the keys it predates (STORED_BEFORE) set to their old behaviour."""
+    data = copy.deepcopy(stored)
+    for key, value in STORED_BEFORE.items():
+        section, name = key.split(".")
+        data.setdefault(section, {}).setdefault(name, value)
+    return data
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -304,6 +336,7 @@ def lay_over(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
 def merge_for_resume(stored: dict[str, Any], given: dict[str, Any], where: str) -> RunConfig:
     """The stored config with `given` (the values set again for a resumed run) laid over it. A
     value that changes what the run computes is refused, naming its keys; train.steps may grow."""
+    stored = with_stored_defaults(stored)
     new = from_dict(lay_over(stored, given))
     differ = resume_differences(from_dict(stored).to_dict(), new.to_dict())
     if differ:

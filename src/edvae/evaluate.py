@@ -1,5 +1,11 @@
 """Evaluation of a trained model on a split: MSE, perplexities, used codes, entropy of pi,
-evidential uncertainty; written to eval.json with PNGs beside it."""
+evidential uncertainty; written to eval.json with PNGs beside it.
+
+`batch_perplexity` is the authors' protocol (protocol.md, Metrics): the perplexity of each batch of
+`batch_size` images, averaged over the full batches only, as their data loader drops the last
+partial batch; None when the split holds less than one batch. `perplexity` is the dataset-level
+histogram's, over every image.
+"""
 
 from __future__ import annotations
 
@@ -26,15 +32,18 @@ class CodeTally:
         self.sq_err = 0.0
         self.batch_ppl: list[float] = []
 
-    def add(self, codes: torch.Tensor, x_hat: torch.Tensor, x: torch.Tensor) -> None:
+    def add(self, codes: torch.Tensor, x_hat: torch.Tensor, x: torch.Tensor, full: bool = True) -> None:
+        """One batch; `full` false for a last batch shorter than the others (no batch perplexity)."""
         self.sq_err += float(((x_hat - x) ** 2).sum())
         c = code_counts(codes, self.counts.shape[0])
         self.counts += c
-        self.batch_ppl.append(perplexity(c))
+        if full:
+            self.batch_ppl.append(perplexity(c))
 
     def summary(self, pixels: int, suffix: str = "") -> dict[str, Any]:
+        batch_ppl = sum(self.batch_ppl) / len(self.batch_ppl) if self.batch_ppl else None
         return {f"mse{suffix}": self.sq_err / pixels, f"perplexity{suffix}": perplexity(self.counts),
-                f"batch_perplexity{suffix}": sum(self.batch_ppl) / len(self.batch_ppl),
+                f"batch_perplexity{suffix}": batch_ppl,
                 f"used_codes{suffix}": int((self.counts > 0).sum())}
 
 
@@ -77,17 +86,18 @@ def evaluate(model: DiscreteVAE, data: ImageSet, batch_size: int = AUTHORS_BATCH
     kept: dict[str, list[torch.Tensor]] = {"x": [], "x_hat": [], "entropy": []}
     for start in range(0, n, batch_size):
         x = to_model_input(data.batch(torch.arange(start, min(start + batch_size, n))).to(device))
+        full = x.shape[0] == batch_size
         z_e = model.encoder(x).float()
         codes = q.codes(z_e)
         x_hat = model.decoder(q.embed(codes))
-        argmax.add(codes, x_hat, x)
+        argmax.add(codes, x_hat, x, full)
         p, ent = q.probabilities(z_e), None
         if p is not None:
             posterior = posterior or PosteriorTally()
             ent = posterior.add(p, q.uncertainty(z_e))
             if sampled:
                 codes_s = q.sample_codes(z_e, generator=gen)
-                drawn.add(codes_s, model.decoder(q.embed(codes_s)), x)
+                drawn.add(codes_s, model.decoder(q.embed(codes_s)), x, full)
         if keep_images and sum(t.shape[0] for t in kept["x"]) < keep_images:
             kept["x"].append(x.cpu())
             kept["x_hat"].append(x_hat.cpu())

@@ -22,8 +22,10 @@ class DiscreteVAE(nn.Module):
         self.quantizer = build_quantizer(config.method, config.codebook_size, config.codebook_dim,
                                          eval_mode=config.eval_mode, **config.options)
         if config.architecture == "dalle":
+            # the logit methods' K logits in float32 under autocast (nets/dalle.py)
             self.encoder = DalleEncoder(config.channels, self.quantizer.input_channels, config.width,
-                                        config.first_kernel, config.hidden_ratio, config.init_std)
+                                        config.first_kernel, config.hidden_ratio, config.init_std,
+                                        float32_logits=config.float32_logits and self.quantizer.logit_input)
             self.decoder = DalleDecoder(config.codebook_dim, config.channels, config.width,
                                         config.hidden_ratio, config.init_std)
         elif config.architecture == "vqvae":

@@ -36,7 +36,8 @@ from .run_folder import load_splits, run_config, run_model_file
 from .schedules import Schedules
 
 FIELDS = ("step", "loss", "mse", "kl", "batch_perplexity", "temperature", "beta", "lr",
-          "test_perplexity", "test_mse", "seconds")
+          "test_perplexity", "test_mse", "test_entropy_mean", "test_entropy_std", "test_uncertainty",
+          "seconds")
 
 
 class Autoencoder(nn.Module):
@@ -62,8 +63,7 @@ class VAESteps:
         self.layout = torch.channels_last if t.channels_last else torch.contiguous_format
         # indices where the set takes them: one held on the GPU is indexed with no copy per step
         self.order = BatchOrder(len(train_set), t.batch_size, t.seed, train_set.index_device)
-        self.sched = Schedules(t.steps, t.schedule_steps, t.lr, t.lr_min, t.lr_anneal_steps, t.beta_max,
-                               t.beta_ramp_steps, t.temperature_decay, t.temperature_min)
+        self.sched = Schedules.from_train(t)
         self.net = self.autoencoder = None
 
     def wrap(self, start: int) -> None:
@@ -123,6 +123,9 @@ class VAESteps:
         if t.eval_every and done > t.pretrain_steps and (done % t.eval_every == 0 or done == t.steps):
             r = evaluate(self.model, self.test_set, t.eval_batch_size, limit=t.eval_subset, sampled=False)
             row["test_perplexity"], row["test_mse"] = r["perplexity"], r["mse"]
+            # the entropy of pi and the uncertainty over training (the paper's Figures 2a and 3)
+            row["test_entropy_mean"], row["test_entropy_std"] = r["entropy_mean"], r["entropy_std"]
+            row["test_uncertainty"] = r["uncertainty_mean"]
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
@@ -167,7 +170,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, evaluate_at_
     model.to(memory_format=steps.layout)
     f = Fit(model, torch.optim.Adam(model.parameters(), lr=t.lr), steps.phases(), steps.schedule, t.seed,
             device, t.precision, t.log_every, t.checkpoint_every, out, FIELDS, cfg.to_dict(), group=group,
-            progress=cfg.model.method if progress else None, on_log=steps.on_log)
+            progress=cfg.model.method if progress else None, on_log=steps.on_log, compile=t.compile,
+            cuda_graph=t.cuda_graph)
     start = f.resume() if resume else 0
     if not resume and group.main:
         out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ of global steps. `fit` owns what every loop needs:
 - every `log_every` steps and at the end: the step's metrics averaged over ranks, a divergence
   check on the loss, one row in metrics.jsonl/csv, the progress bar;
 - atomic checkpoints every `checkpoint_every` steps, exact resume from the last one, and the final
-  save (training state and model file).
+  save (training state and model file);
+- with `compile`, the step functions torch.compiled for the time of the fit (engine/compile.py).
 
 A step function is `step(step, values, report) -> StepOutput`: the forward pass and the loss, run
 inside autocast; `report` says whether its metrics will be read (on other steps it may skip work
@@ -34,6 +35,7 @@ from torch import nn
 from .. import checkpoint
 from ..distributed import all_reduce_sum_
 from ..errors import EdvaeError
+from .compile import compiled_steps
 from .ddp import Group
 from .metrics_log import MetricsLog
 from .runtime import autocast_for, step_seed
@@ -79,6 +81,10 @@ class Fit:
     name: str = "training"  # in the divergence message
     # adds derived values to a logged row, from the summed tensors (rank 0 only)
     on_log: Callable[[dict[str, Any], dict[str, torch.Tensor]], None] | None = None
+    # torch.compile the phases' step functions for this fit; cuda_graph: replay them as CUDA graphs
+    # (engine/compile.py; off: the loop is unchanged)
+    compile: bool = False
+    cuda_graph: bool = False
 
     @property
     def steps(self) -> int:
@@ -109,13 +115,15 @@ def fit(f: Fit, start: int = 0) -> None:
     bar = _progress_bar(f, start)
     began = time.perf_counter()
     try:
-        for step in range(start, f.steps):
-            row = _one_step(f, step, began, log)
-            if bar is not None:
-                if row is not None:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
-                                     if k not in ("step", "seconds") and isinstance(v, float)}, refresh=False)
-                bar.update(1)
+        with compiled_steps(f):  # f.compile: the step functions compiled for this fit (engine/compile.py)
+            for step in range(start, f.steps):
+                row = _one_step(f, step, began, log)
+                if bar is not None:
+                    if row is not None:
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
+                                         if k not in ("step", "seconds") and isinstance(v, float)},
+                                        refresh=False)
+                    bar.update(1)
     finally:
         if log is not None:
             log.close()

@@ -6,6 +6,11 @@ g = 1 / L^2, L the total number of residual blocks, id a 1x1 conv where channel 
 
 The paper's Table D.4 reads as if a block's hidden width equals its output width; the authors'
 code uses out/4. Both are offered (`hidden_ratio`), the code's 0.25 by default.
+
+For the logit methods (EdVAE, dVAE) the encoder's last 1x1 convolution can run in float32 under
+autocast (`float32_logits`): autocast would otherwise round the K logits to bf16 (8 bits of
+mantissa: a spacing of 0.0625 from 8 to 16 and 0.125 from 16 to 32) before EdVAE exponentiates
+them, an error of up to 3.2% and 6.4% of the evidence exp(z). The authors trained in float32.
 """
 
 from __future__ import annotations
@@ -57,6 +62,15 @@ class DecoderBlock(nn.Module):
         return self.id_path(x) + self.gain * self.res_path(x)
 
 
+class Float32Conv2d(nn.Conv2d):
+    """A convolution computed in float32 whatever autocast is on: its input is cast up and its
+    output is float32. Same parameters (and state-dict keys) as nn.Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
 def _hidden(width: int, ratio: float) -> int:
     return max(1, int(round(width * ratio)))
 
@@ -72,7 +86,8 @@ class DalleEncoder(nn.Module):
     """x (B,C,H,W) -> logits or features (B, out_channels, H/4, W/4)."""
 
     def __init__(self, in_channels: int, out_channels: int, width: int = 128,
-                 first_kernel: int = 3, hidden_ratio: float = 0.25, init_std: float = 0.02):
+                 first_kernel: int = 3, hidden_ratio: float = 0.25, init_std: float = 0.02,
+                 float32_logits: bool = False):
         super().__init__()
         gain = 1.0 / (STAGES * BLOCKS_PER_STAGE) ** 2
         layers: list[nn.Module] = [_conv(in_channels, width, first_kernel)]
@@ -84,7 +99,8 @@ class DalleEncoder(nn.Module):
                 cin = cout
             if stage < STAGES - 1:
                 layers.append(nn.MaxPool2d(2))
-        layers += [nn.ReLU(), _conv(cin, out_channels, 1)]
+        head = Float32Conv2d(cin, out_channels, 1) if float32_logits else _conv(cin, out_channels, 1)
+        layers += [nn.ReLU(), head]
         self.net = nn.Sequential(*layers)
         self.downsample = 2 ** (STAGES - 1)
         _init_weights(self, init_std)

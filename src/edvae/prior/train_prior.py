@@ -61,6 +61,7 @@ class PriorTrainConfig:
     eval_subset: int = 2048
     eval_batch_size: int = 256
     checkpoint_every: int = 1000  # 0 = only at the end
+    compile: bool = False  # torch.compile of the training step (engine/compile.py)
 
 
 @dataclass
@@ -259,7 +260,7 @@ def train_prior(run_dir: str | Path, out: str | Path, overrides: list[str] | Non
         f = Fit(prior, torch.optim.Adam(prior.parameters(), lr=t.lr), [Phase(t.steps, steps.step)],
                 steps.schedule, t.seed, dev, t.precision, t.log_every, t.checkpoint_every, out, PRIOR_FIELDS,
                 config, model_file=PRIOR_FILE, progress="prior" if progress else None,
-                name="prior training", on_log=steps.on_log)
+                name="prior training", on_log=steps.on_log, compile=t.compile)
         start = f.resume() if resume and (out / checkpoint.STATE_FILE).is_file() else 0
         fit(f, start)
         result = evaluate_prior(prior, train_codes, test_codes, t.eval_batch_size)

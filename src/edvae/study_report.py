@@ -1,0 +1,210 @@
+"""A study's report: results.json (every run's evaluation, labels and curves), its tables in the
+paper's layout (mean +- population std over seeds) as Markdown, and its figures as PNG.
+
+A table names a metric (a key of eval.json, or of the generation stages: bits_per_code,
+fd_edvae_classifier, fid) and what its rows and columns are: `method` (the entry), `dataset`, or a
+swept config key; `sweep: i` keeps the runs of one sweep. Runs that differ in anything else (a
+data set, another swept key) get a table each. Figures: `curves` (metrics over training, from each
+run's metrics.jsonl, one line per seed) and `sweep` (a metric against a swept key, mean +- std).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write_text
+
+CURVE_KEYS = ("test_perplexity", "test_mse", "test_entropy_mean", "test_entropy_std", "test_uncertainty",
+              "batch_perplexity", "loss", "mse", "kl", "lr", "temperature", "beta")
+PRIOR_EVAL = "prior/prior_eval.json"
+FD_FILES = ("fd-classifier.json", "fid-inception.json")  # `edvae fid -o`: {"metric": ..., "value": ...}
+NAMES = {"perplexity": "perplexity", "mse": "MSE", "used_codes": "used codes",
+         "entropy_mean": "entropy of pi", "uncertainty_mean": "uncertainty u = K/S",
+         "batch_perplexity": "batch perplexity", "fid": "FID",
+         "fd_edvae_classifier": "FD_edvae-classifier (not FID)", "bits_per_code": "prior bits/code"}
+
+
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """Mean +- population std of the values that are not None, scaled; "-" when there are none."""
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    std = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} +- {std:.{digits}f}"
+
+
+def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
+    """{key: [[step, value], ...]} for the CURVE_KEYS a run's metrics.jsonl holds."""
+    path = run_dir / "metrics.jsonl"
+    curves: dict[str, list[list[float]]] = {}
+    if not path.is_file():
+        return curves
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            for key in CURVE_KEYS:
+                if isinstance(row.get(key), (int, float)):
+                    curves.setdefault(key, []).append([row["step"], row[key]])
+    return curves
+
+
+def collect_rows(specs, out: Path) -> list[dict[str, Any]]:
+    """One row per finished run: its labels, name, evaluation, generation results and curves."""
+    rows = []
+    for spec in specs:
+        run = out / spec.name
+        result = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
+        result.pop("code_counts", None)
+        if (run / PRIOR_EVAL).is_file():
+            result["bits_per_code"] = json.loads((run / PRIOR_EVAL).read_text()).get("bits_per_code")
+        for file in FD_FILES:  # FID and FD_edvae-classifier under their own names, never mixed
+            if (run / file).is_file():
+                found = json.loads((run / file).read_text())
+                result[found["metric"]] = found["value"]
+        rows.append({"name": spec.name, **spec.labels, **result, "curves": read_curves(run)})
+    return rows
+
+
+def key_of(row: dict[str, Any], key: str) -> Any:
+    if key in ("method", "entry"):
+        return row["entry"]
+    if key == "dataset":
+        return row["dataset"]
+    return row.get("axes", {}).get(key)
+
+
+def _order(values) -> list[Any]:
+    values = list(dict.fromkeys(values))
+    try:
+        return sorted(values) if all(isinstance(v, (int, float)) for v in values) else values
+    except TypeError:
+        return values
+
+
+def table(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
+    """Markdown table(s) of spec['metric'], mean +- std over seeds per (row, column) cell."""
+    metric, rk, ck = spec["metric"], spec.get("rows", "method"), spec.get("columns", "dataset")
+    scale, digits = float(spec.get("scale", 1.0)), int(spec.get("digits", 2 if spec.get("scale") else 1))
+    if "sweep" in spec:
+        rows = [r for r in rows if spec["sweep"] in r.get("sweeps", [])]
+    others = ["dataset"] * (rk != "dataset" and ck != "dataset") + sorted(
+        {k for r in rows for k in r.get("axes", {}) if k not in (rk, ck)})
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(key_of(r, k) for k in others), []).append(r)
+    varying = [i for i, k in enumerate(others) if len({g[i] for g in groups}) > 1]
+    name = NAMES.get(metric, metric) + (f" x {scale:.0e}".replace("e+0", "e") if scale != 1 else "")
+    out = []
+    for group, members in groups.items():
+        title = spec.get("title", name)
+        if varying:
+            title += " (" + ", ".join(f"{others[i]} {group[i]}" for i in varying) + ")"
+        cols = _order(key_of(r, ck) for r in members)
+        lines = [f"**{title}**", "", f"| {rk} | " + " | ".join(str(c) for c in cols) + " |",
+                 "|" + "---|" * (len(cols) + 1)]
+        for rv in _order(key_of(r, rk) for r in members):
+            cells = [mean_std([r.get(metric) for r in members if key_of(r, rk) == rv and key_of(r, ck) == cv],
+                              scale, digits) for cv in cols]
+            lines.append(f"| {rv} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_figure(path: Path, rows: list[dict[str, Any]], metrics: list[str], title: str) -> bool:
+    """One panel per metric, one colour per entry, one line per run; False when nothing was logged."""
+    if not any(r["curves"].get(m) for r in rows for m in metrics):
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(7, 3 * len(metrics)), sharex=True, squeeze=False)
+    entries = list(dict.fromkeys(r["entry"] for r in rows))
+    cmap = plt.get_cmap("tab10" if len(entries) <= 10 else "tab20")
+    for ax, metric in zip(axes[:, 0], metrics, strict=True):
+        for r in rows:
+            points = r["curves"].get(metric)
+            if points:
+                i = entries.index(r["entry"])
+                first = r is next(x for x in rows if x["entry"] == r["entry"])
+                ax.plot(*zip(*points, strict=True), color=cmap(i % cmap.N), alpha=0.8,
+                        label=r["entry"] if first else None)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel("step")
+    axes[0, 0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def sweep_figure(path: Path, rows: list[dict[str, Any]], metric: str, axis: str, title: str) -> bool:
+    """The metric's mean (error bars: std over seeds) against a swept key, one line per entry."""
+    rows = [r for r in rows if r.get(metric) is not None and key_of(r, axis) is not None]
+    if not rows:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for entry in dict.fromkeys(r["entry"] for r in rows):
+        xs = _order(key_of(r, axis) for r in rows if r["entry"] == entry)
+        vals = [[r[metric] for r in rows if r["entry"] == entry and key_of(r, axis) == x] for x in xs]
+        ax.errorbar(xs, [statistics.fmean(v) for v in vals],
+                    yerr=[statistics.pstdev(v) if len(v) > 1 else 0 for v in vals], marker="o", capsize=3,
+                    label=entry)
+    if all(isinstance(x, (int, float)) and x > 0 for r in rows for x in [key_of(r, axis)]):
+        ax.set_xscale("log")
+    ax.set_xlabel(axis)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def figures(out: Path, rows: list[dict[str, Any]], specs: list[dict[str, Any]]) -> list[str]:
+    """Draw the study's figures, one per spec and data set; the file names written."""
+    written = []
+    for i, spec in enumerate(specs):
+        for dataset in dict.fromkeys(r["dataset"] for r in rows):
+            members = [r for r in rows if r["dataset"] == dataset and
+                       ("sweep" not in spec or spec["sweep"] in r.get("sweeps", []))]
+            name = f"{spec.get('name', f'figure{i + 1}')}-{dataset}.png"
+            title = f"{spec.get('title', '')} ({dataset})".strip()
+            if spec.get("kind", "curves") == "curves":
+                ok = curves_figure(out / name, members, list(spec.get("metrics", ["test_perplexity"])), title)
+            else:
+                ok = sweep_figure(out / name, members, spec["metric"], spec["axis"], title)
+            if ok:
+                written.append(name)
+    return written
+
+
+def write_report(out: Path, plan, rows: list[dict[str, Any]], command: str) -> str:
+    """results.json, tables.md and the figures in `out`; the tables' Markdown."""
+    study = plan.study
+    meta = {k: v for k, v in study.meta.items() if v is not None}
+    atomic_write_text(out / "results.json", json.dumps(
+        {**meta, "scale": plan.scale, "command": command, "runs": rows}, indent=1))
+    text = "\n".join(table(rows, t) for t in study.tables) if study.tables else ""
+    drawn = figures(out, rows, study.figures)
+    head = [f"# {meta.get('title', study.name)}", "",
+            f"Paper: {meta.get('paper', '-')}; scale: {plan.scale}; {len(rows)} runs.", "",
+            f"Command: `{command}`", ""]
+    tail = ["", "Figures: " + (", ".join(drawn) if drawn else "none (no logged values to draw)"), ""]
+    atomic_write_text(out / "tables.md", "\n".join(head) + text + "\n".join(tail))
+    return text

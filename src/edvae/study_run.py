@@ -1,0 +1,49 @@
+"""`edvae bench STUDY.yaml`: a study file at a scale, through the engine (bench.py) to its report.
+
+Load and check the study (study_file.py), build and validate every run's config before any starts,
+train them and run the generation stages where the study has them (study_generation.py), then
+write results.json, tables.md and the figures (study_report.py). Started again after any
+interruption it skips what finished and resumes what did not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bench import run_specs, validate_runs
+from .progress import LiveDisplay
+from .study_file import Plan, load_study, plan
+from .study_generation import generation_tasks
+from .study_report import collect_rows, write_report
+
+
+def study_plan(path: str | Path, scale: str, extra_set: list[str] | None = None) -> Plan:
+    """The study's runs at the scale, every config validated (EdvaeError naming the entry)."""
+    p = plan(load_study(path), scale, extra_set)
+    validate_runs(p.runs)
+    return p
+
+
+def run_lines(p: Plan) -> list[str]:
+    """One line per run: its folder and its settings (`edvae bench --list`)."""
+    configs = validate_runs(p.runs)
+    lines = [f"{p.study.name} at scale {p.scale}: {len(p.runs)} runs"
+             + (", then a prior, samples and FD per run" if p.generation else "")]
+    for spec in p.runs:
+        t = configs[spec.name].train
+        lines.append(f"  {spec.name}  ({t.steps} steps, batch {t.batch_size}, "
+                     f"width {configs[spec.name].model.width}; {spec.config})")
+    return lines
+
+
+def run_bench(path: str | Path, scale: str, out: Path, jobs: int, threads: int, command: str,
+              extra_set: list[str] | None = None, inception_weights: str | None = None,
+              progress: bool = True) -> str:
+    """Run (or finish) the study in `out`; the Markdown of its tables."""
+    p = study_plan(path, scale, extra_set)
+
+    def stages(specs, configs):
+        return generation_tasks(specs, configs, out, p.generation, threads, inception_weights)
+
+    run_specs(p.runs, out, jobs, threads, "study entry", LiveDisplay(enabled=progress), extra_tasks=stages)
+    return write_report(out, p, collect_rows(p.runs, out), command)
