@@ -1,6 +1,8 @@
-"""GM-VQ (gm-vq): Gaussian-mixture posterior, data-dependent variance, the ALBO and its
-aggregated-posterior KL against direct computations, temperature map, K-means initialisation,
-data-parallel all-reduce. The formulas are derived in docs/gm-vq.md."""
+"""GM-VQ (gm-vq): Gaussian-mixture posterior, data-dependent variance (both forms), the ALBO (its
+cross-entropy latent term and edvae's KL variant) and its aggregated-posterior KL against direct
+computations, temperature map, the initialisation gated by the encoder's spread (a near-constant
+encoder starts no one-hot posterior), K-means, data-parallel all-reduce. The formulas are derived in
+docs/gm-vq.md."""
 
 import math
 
@@ -14,6 +16,7 @@ from edvae.model import DiscreteVAE
 from edvae.quantizers import build_quantizer
 from edvae.quantizers.base import gumbel_noise_like
 from edvae.quantizers.gm_vq import GMVQQuantizer, aggregated_posterior, kl_to_uniform
+from edvae.quantizers.gm_vq_init import encoder_spread, ml_prior_variance
 
 HAND = dict(kmeans_init_iters=0, sigma_z_mode="fixed")  # keep a codebook and sigma_z set by hand
 
@@ -34,10 +37,10 @@ def _sq(a, b):
     return sum((x - y) ** 2 for x, y in zip(a, b, strict=True))
 
 
-def _direct_albo(points, codebook, sigma_z, scale, floor, gamma, beta, term="kl"):
+def _direct_albo(points, codebook, sigma_z, scale, floor, gamma, beta, term="cross_entropy", form="distance"):
     """The regulariser of the negative ALBO by plain loops over positions and codes (docs/gm-vq.md):
     q(c|x) by Bayes' rule with the Gaussian densities, q(c) their mean, sigma_c^2 from its formula
-    (floor in units of sigma_z^2)."""
+    (floor in units of sigma_z^2; the 'paper' form divides the distance term by 2 sigma_z^2)."""
     k, d = len(codebook), len(codebook[0])
     posteriors, latents = [], []
     for z in points:
@@ -47,7 +50,8 @@ def _direct_albo(points, codebook, sigma_z, scale, floor, gamma, beta, term="kl"
         posteriors.append(post)
         per_code = []
         for mu in codebook:
-            ratio = (scale * _sq(z, mu) / d + floor * sigma_z ** 2) / sigma_z ** 2
+            spread = scale * _sq(z, mu) / d / (2 * sigma_z ** 2 if form == "paper" else 1.0)
+            ratio = (spread + floor * sigma_z ** 2) / sigma_z ** 2
             per_code.append(d / 2 * (ratio if term == "cross_entropy" else ratio - 1 - math.log(ratio)))
         latents.append(sum(p * v for p, v in zip(post, per_code, strict=True)))
     aggregate = [sum(p[c] for p in posteriors) / len(points) for c in range(k)]
@@ -64,19 +68,22 @@ def test_contract_under_bf16_autocast_with_float32_outputs_and_hard_evaluation()
     q = build_quantizer("gm-vq", 16, 3)
     assert isinstance(q, GMVQQuantizer) and not q.logit_input and q.input_channels == 3
     assert q.default_beta_max == 5e-5
+    # the defaults: the paper's ALBO (cross-entropy latent term), the distance variance, the gate
+    assert (q.latent_term, q.variance_form, q.init_spread) == ("cross_entropy", "distance", 0.05)
     z = torch.randn(2, 3, 4, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = q(z.bfloat16(), temperature=0.7, beta=0.1)
+        first = q(z.bfloat16(), temperature=0.7, beta=0.1)  # K-means: a warm-up pass
+        assert set(first.stats) == {"warmup_passes"} and torch.equal(first.z_q, z.bfloat16().float())
+        out = q(z.bfloat16(), temperature=0.7, beta=0.1)  # sigma_z, then quantized
     assert out.z_q.shape == (2, 3, 4, 5) and out.z_q.dtype == torch.float32
     assert out.loss.shape == () and out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert out.indices.shape == (2, 4, 5) and out.indices.dtype == torch.int64
-    assert out.probs.shape == (2, 16, 4, 5) and out.probs.dtype == torch.float32
-    torch.testing.assert_close(out.probs.sum(1), torch.ones(2, 4, 5))
     assert set(out.stats) == {"kl", "latent_kl", "noise_std", "temperature", "sigma_z"}
     assert all(v.dtype == torch.float32 for v in out.stats.values())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         p = q.probabilities(z.bfloat16())
     assert p.dtype == torch.float32 and p.shape == (2, 16, 4, 5)
+    torch.testing.assert_close(p.sum(1), torch.ones(2, 4, 5))
 
     q.eval()
     with torch.no_grad():
@@ -121,6 +128,10 @@ def test_data_dependent_variance_follows_its_formula():
     # a point on a mean gets the floor alone
     q2 = _quantizer([[1.0, 2.0], [5.0, 5.0]], min_variance=0.02)
     assert q2.variances(_points([1.0, 2.0]))[0, 0].item() == pytest.approx(0.02, rel=1e-5)
+    # the public accounts' form: ||z^ - mu_c||^2 / (2 sigma_z^2 D), the same floor
+    paper = _quantizer([[0.0, 0.0], [3.0, 4.0]], variance_form="paper", sigma_z=0.5, min_variance=0.01)
+    got = paper.variances(_points([0.0, 2.0]))[0, :, 0, 0]  # squared distances 4 and 13
+    torch.testing.assert_close(got, torch.tensor([4 / (2 * 0.25 * 2), 13 / (2 * 0.25 * 2)]) + 0.01 * 0.25)
 
 
 def test_prior_variance_is_estimated_once_from_the_first_training_batch():
@@ -195,12 +206,14 @@ def test_aggregated_kl_closed_forms():
     assert kl_to_uniform(torch.tensor([1.0, 0.0, 0.0])).item() == pytest.approx(math.log(3), rel=1e-6)
 
 
-@pytest.mark.parametrize("term", ["kl", "cross_entropy"])
-def test_albo_regulariser_against_a_direct_computation(term):
+@pytest.mark.parametrize("term, form", [("kl", "distance"), ("cross_entropy", "distance"),
+                                        ("cross_entropy", "paper"), ("kl", "paper")])
+def test_albo_regulariser_against_a_direct_computation(term, form):
     rows = [[0.0, 0.0], [1.0, 0.5], [-1.0, 2.0]]
     pts = [[0.2, 0.1], [0.9, 0.9], [-2.0, 1.0], [0.5, 0.3]]
-    options = dict(sigma_z=0.8, variance_scale=0.5, min_variance=0.01, gamma=0.3, latent_term=term)
-    loss, kl, latent, _ = _direct_albo(pts, rows, 0.8, 0.5, 0.01, 0.3, 0.7, term)
+    options = dict(sigma_z=0.8, variance_scale=0.5, min_variance=0.01, gamma=0.3, latent_term=term,
+                   variance_form=form)
+    loss, kl, latent, _ = _direct_albo(pts, rows, 0.8, 0.5, 0.01, 0.3, 0.7, term, form)
     q = _quantizer(rows, **options)
     torch.manual_seed(0)
     out = q(_points(*pts), temperature=0.5, beta=0.7)  # training; the regulariser ignores the noise
@@ -232,6 +245,75 @@ def test_gradients_reach_z_e_and_the_codebook():
     assert torch.isfinite(z2.grad).all() and torch.isfinite(q2.codebook.grad).all()
 
 
+# ------------------------------------------------------------------ initialisation gated by the spread
+
+
+def test_encoder_spread_is_the_std_across_positions_whatever_the_offset():
+    rows = torch.tensor([[0.0, 5.0], [2.0, 5.0]])  # channel variances 1 and 0
+    assert encoder_spread(rows).item() == pytest.approx(math.sqrt(0.5), rel=1e-6)
+    # a large common offset changes nothing (two passes: no cancellation in float32)
+    assert encoder_spread(rows + 1e3).item() == pytest.approx(math.sqrt(0.5), rel=1e-4)
+    torch.manual_seed(0)
+    x = torch.randn(500, 3) * torch.tensor([1.0, 2.0, 3.0])
+    assert encoder_spread(x).item() == pytest.approx(float(x.var(0, unbiased=False).mean().sqrt()), rel=1e-5)
+    assert encoder_spread(torch.full((7, 4), 3.0)).item() == 0.0
+
+
+def _entropy(p):
+    return -(p * p.clamp_min(1e-30).log()).sum(1)
+
+
+def test_a_near_constant_encoder_starts_no_one_hot_posterior():
+    # an untrained encoder: outputs about 1e-3, spread across positions about 1e-6
+    torch.manual_seed(0)
+    k, d = 64, 4
+    q = GMVQQuantizer(k, d)
+    flat = torch.full((d,), 1e-3) + 1e-6 * torch.randn(4 * 8 * 8, d)
+    z = flat.view(4, 8, 8, d).permute(0, 3, 1, 2).contiguous().requires_grad_()
+    codebook = q.codebook.detach().clone()
+    out = q(z, temperature=1.0, beta=0.1)
+    # nothing is initialised from it: the pass sends z^ through, the codebook and sigma_z stay
+    assert int(q.kmeans_done) == 0 and int(q.sigma_z_done) == 0 and int(q.warmup_passes) == 1
+    assert torch.equal(out.z_q, z) and out.loss.item() == 0.0 and torch.equal(q.codebook, codebook)
+    out.z_q.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))  # the encoder trains through the warm-up
+    p = q.probabilities(z.detach())
+    assert _entropy(p).mean().item() > 2.0 and int((p.mean((0, 2, 3)) > 1e-3).sum()) > k // 2
+    # the same batch with the gate off (init_spread 0, the first-batch initialisation): K-means
+    # packs the 64 codewords into the 1e-6 cluster, a state that a moving encoder cannot undo
+    packed = GMVQQuantizer(k, d, init_spread=0.0)
+    packed(z.detach())
+    assert int(packed.kmeans_done) == 1 and encoder_spread(packed.codebook.detach()).item() < 1e-5
+    # once the outputs have spread (as after a few dozen steps of training), the gated quantizer
+    # initialises: K-means on one batch, sigma_z on the next, and the posterior is far from one-hot
+    spread = [torch.randn(4, d, 8, 8) * 0.2 + 1e-3 for _ in range(2)]
+    assert torch.equal(q(spread[0]).z_q, spread[0]) and int(q.kmeans_done) == 1  # K-means: a warm-up
+    out = q(spread[1], temperature=1.0, beta=0.1)
+    assert int(q.sigma_z_done) == 1 and int(q.warmup_passes) == 2
+    assert encoder_spread(q.codebook.detach()).item() > 0.1
+    p = q.probabilities(spread[1])
+    aggregate = p.mean((0, 2, 3))
+    assert math.exp(_entropy(aggregate[None]).item()) > k / 2  # perplexity of q(c)
+    assert _entropy(p).mean().item() > 0.5 and p.max(1).values.mean().item() < 0.9
+    assert int((aggregate > 0.1 / k).sum()) > k / 2
+    assert set(out.stats) == {"kl", "latent_kl", "noise_std", "temperature", "sigma_z"}
+
+
+def test_the_gate_is_skipped_when_nothing_is_left_to_initialise():
+    # K-means off and sigma_z fixed: no warm-up, no read of the spread
+    q = GMVQQuantizer(4, 2, **HAND)
+    z = torch.full((1, 2, 2, 2), 1e-3)
+    out = q(z, temperature=1.0)
+    assert "kl" in out.stats and int(q.warmup_passes) == 0
+    # after pretraining (init_codebook), only sigma_z is left: estimated on the first spread batch
+    pre = GMVQQuantizer(4, 2)
+    pre.init_codebook(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    z = _points([0.1, 0.0], [1.0, 0.2], [0.0, 0.9], [1.3, 1.0])
+    out = pre(z, temperature=1.0)
+    assert int(pre.sigma_z_done) == 1 and int(pre.warmup_passes) == 0 and "kl" in out.stats
+    assert pre.prior_variance().item() == pytest.approx((0.01 + 0.04 + 0.01 + 0.09) / 8, rel=1e-5)
+
+
 # ------------------------------------------------------------------ temperature
 
 
@@ -243,7 +325,7 @@ def test_temperature_map_walks_the_summary_range_along_the_trainer_schedule():
     assert GMVQQuantizer(4, 2, temperature_map="trainer").effective_temperature(0.3) == 0.3
     custom = GMVQQuantizer(4, 2, temperature_start=1.0, temperature_end=0.5, trainer_temperature_end=0.25)
     assert custom.effective_temperature(0.5) == pytest.approx(math.sqrt(0.5))
-    out = GMVQQuantizer(4, 2)(torch.randn(1, 2, 3, 3), temperature=math.exp(-1.5))
+    out = GMVQQuantizer(4, 2, **HAND)(torch.randn(1, 2, 3, 3), temperature=math.exp(-1.5))
     assert out.stats["temperature"].item() == pytest.approx(0.1, rel=1e-6)
     with pytest.raises(ValueError, match="temperature"):
         q.effective_temperature(0.0)
@@ -252,7 +334,7 @@ def test_temperature_map_walks_the_summary_range_along_the_trainer_schedule():
 # ------------------------------------------------------------------ K-means initialisation
 
 
-def test_kmeans_init_runs_once_on_the_first_training_pass():
+def test_kmeans_init_runs_once_then_sigma_z_on_the_next_batch():
     torch.manual_seed(0)
     q = GMVQQuantizer(2, 2, kmeans_init_iters=5)
     a, b = torch.tensor([0.0, 0.0]), torch.tensor([10.0, 10.0])
@@ -262,13 +344,19 @@ def test_kmeans_init_runs_once_on_the_first_training_pass():
     init = q.codebook.detach().clone()
     q.eval()(z)  # evaluation never initialises
     assert int(q.kmeans_done) == 0 and torch.equal(q.codebook, init)
-    q.train()(z)
-    assert int(q.kmeans_done) == 1
+    out = q.train()(z)
+    assert int(q.kmeans_done) == 1 and int(q.sigma_z_done) == 0
+    assert torch.equal(out.z_q, z) and out.loss.item() == 0.0  # that pass sent z^ through
     got = torch.tensor(sorted(q.codebook.detach().tolist()))
     torch.testing.assert_close(got, torch.stack([points[:4].mean(0), points[4:].mean(0)]))
     kept = q.codebook.detach().clone()
-    q(z + 5.0)  # a second training pass: no re-initialisation
-    assert torch.equal(q.codebook, kept)
+    nxt = z + 0.5  # the next batch: no re-initialisation; sigma_z from it, a batch K-means did not see
+    q(nxt)
+    assert torch.equal(q.codebook, kept) and int(q.sigma_z_done) == 1
+    rows = (points + 0.5).tolist()  # brute force: mean over positions of min_c ||z^ - mu_c||^2 / D
+    brute = sum(min(_sq(r, mu) for mu in kept.tolist()) for r in rows) / (len(rows) * 2)
+    assert q.prior_variance().item() == pytest.approx(brute, rel=1e-5)
+    assert ml_prior_variance(points + 0.5, kept).item() == pytest.approx(brute, rel=1e-5)
     # init_codebook (the pretrain-then-quantize path) marks it done as well
     fresh = GMVQQuantizer(2, 2)
     fresh.init_codebook(torch.ones(2, 2))
@@ -281,7 +369,8 @@ def test_kmeans_init_runs_once_on_the_first_training_pass():
 
 def test_model_trains_two_steps_and_a_loaded_model_keeps_codes_and_never_reinitialises(tmp_path):
     torch.manual_seed(0)
-    cfg = RunConfig(ModelConfig(method="gm-vq", channels=1, width=8))
+    # init_spread 0: the untrained encoder's first batch (K-means), then the second (sigma_z)
+    cfg = RunConfig(ModelConfig(method="gm-vq", channels=1, width=8, options={"init_spread": 0.0}))
     model = DiscreteVAE(cfg.model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.rand(2, 1, 32, 32) - 0.5
@@ -322,6 +411,7 @@ def test_model_trains_two_steps_and_a_loaded_model_keeps_codes_and_never_reiniti
     ("temperature_map", "linear"), ("temperature_start", -2.0), ("temperature_end", 0.0),
     ("trainer_temperature_end", 1.0), ("trainer_temperature_end", 0.0), ("kmeans_init_iters", 2.5),
     ("kmeans_init_iters", -1), ("eval_mode", "mean"), ("gamma", True), ("sigma_z_mode", "batch"),
+    ("variance_form", "linear"), ("init_spread", -0.1), ("init_spread", float("inf")),
 ])
 def test_bad_option_values_raise_a_value_error_naming_the_option(option, value):
     with pytest.raises(ValueError, match=option):
@@ -331,17 +421,19 @@ def test_bad_option_values_raise_a_value_error_naming_the_option(option, value):
 # ------------------------------------------------------------------ data parallel (gloo)
 
 
-def _global_z():
-    return torch.linspace(-2.0, 2.0, 4 * 2 * 3).view(4, 2, 1, 3).sin() * 3.0
+def _global_z(shift: float = 0.0):
+    return (torch.linspace(-2.0, 2.0, 4 * 2 * 3).view(4, 2, 1, 3) + shift).sin() * 3.0
 
 
 def _dp_run(rows: slice) -> dict[str, torch.Tensor]:
-    """One training pass of a GM-VQ on `rows` of a fixed global batch: K-means init (global batch,
-    rank 0's draws), then the regulariser (the aggregated KL all-reduced) and its gradients."""
+    """Two training passes of a GM-VQ on `rows` of fixed global batches: the spread gate and
+    K-means (global batch, rank 0's draws), then the sigma_z estimate on the second batch and the
+    regulariser (the aggregated KL all-reduced) and its gradients."""
     torch.manual_seed(0)
     q = GMVQQuantizer(4, 2, kmeans_init_iters=3, gamma=0.5)
-    z = _global_z()[rows].clone().requires_grad_()
     torch.manual_seed(1)
+    q(_global_z()[rows])
+    z = _global_z(0.3)[rows].clone().requires_grad_()
     out = q(z, temperature=0.5, beta=1.0)
     out.loss.backward()
     return {"kl": out.stats["kl"].reshape(1), "codebook": q.codebook.detach().clone(),
