@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edvae.config import from_dict, load_file
+from edvae.quantizers import build_quantizer
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 DATASETS = {"cifar10": 32, "celeba": 64, "lsun-church": 128}  # image size
@@ -47,11 +48,12 @@ def test_paper_config_holds_the_papers_settings(path, dataset, method):
     if m.architecture == "dalle":
         assert m.first_kernel == (7 if dataset == "lsun-church" else 3)
         assert (m.hidden_ratio, m.init_std) == (0.25, 0.02)  # the authors' code: hidden = out / 4
+    q = build_quantizer(method, m.codebook_size, m.codebook_dim, **m.options)  # options as built
     if method == "edvae":
-        assert m.options.get("clamp_max", 20.0) == 20.0  # the clamp of Appendix D
+        assert q.clamp_max == 20.0  # the clamp of Appendix D
     if method == "sq-vae":
-        assert m.options.get("reconstruction", "arelbo") == "arelbo"
-        assert m.options.get("log_var_init", math.log(20.0)) == pytest.approx(math.log(20.0))
+        assert q.reconstruction == "arelbo"  # the official code's objective, var_q from log 20
+        assert float(q.log_var_q) == pytest.approx(math.log(20.0))
 
 
 def test_every_dataset_has_every_method_of_the_paper():
