@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,12 +140,22 @@ def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
     raise AssertionError(annotation)
 
 
+def _known(key: str, names: list[str], section: str) -> str:
+    """The keys nearest to a mistyped one, or all of them when there are few."""
+    near = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    if near:
+        return f"did you mean {' or '.join(f'{section}.{n}' for n in near)}?"
+    if len(names) <= 12:
+        return f"known: {', '.join(names)}"
+    return f"no key is close; the {len(names)} keys are the fields of edvae/config.py"
+
+
 def _build(cls, section: str, values: dict[str, Any]):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise EdvaeError(f"unknown config key {section}.{unknown[0]} "
-                         f"(known {section} keys: {', '.join(fields)})")
+        hint = _known(unknown[0], list(fields), section)
+        raise EdvaeError(f"unknown config key {section}.{unknown[0]} ({hint})")
     kwargs = {k: _coerce(section, k, v, str(fields[k].type)) for k, v in values.items()}
     obj = cls(**kwargs)
     for key in fields:
