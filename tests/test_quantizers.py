@@ -7,14 +7,18 @@ from edvae.quantizers import QUANTIZERS, build_quantizer
 from edvae.quantizers.evidential import EvidentialQuantizer
 from edvae.quantizers.gumbel import GumbelQuantizer
 
+# codebooks the implicit-grid methods can form: FSQ 4 x 4 levels, LFQ 2^4 codes
+SIZES = {"fsq": (16, 2, {"levels": "4,4"}), "lfq": (16, 4, {})}
+
 
 @pytest.mark.parametrize("name", sorted(QUANTIZERS))
 def test_contract_shapes_and_dtypes(name):
     torch.manual_seed(0)
-    q = build_quantizer(name, 16, 3)
+    k, d, options = SIZES.get(name, (16, 3, {}))
+    q = build_quantizer(name, k, d, **options)
     z = torch.randn(2, q.input_channels, 4, 5)
     out = q(z, temperature=0.7, beta=0.1)
-    assert out.z_q.shape == (2, 3, 4, 5) and out.z_q.dtype == torch.float32
+    assert out.z_q.shape == (2, d, 4, 5) and out.z_q.dtype == torch.float32
     assert out.indices.shape == (2, 4, 5) and out.indices.dtype == torch.int64
     assert out.loss.shape == () and torch.isfinite(out.loss)
     q.eval()
