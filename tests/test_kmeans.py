@@ -5,7 +5,7 @@ import pytest
 import torch
 from gloo_ranks import run_on_ranks
 
-from edvae.kmeans import kmeans, kmeans_pp_init, lloyd_steps
+from edvae.quantizers.kmeans import kmeans, kmeans_pp_init, lloyd_steps
 
 
 def _sorted_rows(x: torch.Tensor) -> torch.Tensor:

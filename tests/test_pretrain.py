@@ -20,9 +20,9 @@ from edvae.data import to_model_input
 from edvae.engine import ddp
 from edvae.engine.runtime import BatchOrder, step_seed
 from edvae.errors import EdvaeError
-from edvae.kmeans import INIT_BATCHES, INIT_ITERS, kmeans
 from edvae.model import DiscreteVAE
 from edvae.quantizers import build_quantizer
+from edvae.quantizers.kmeans import INIT_BATCHES, INIT_ITERS, kmeans
 from edvae.quantizers.nearest import flatten
 from edvae.run_folder import load_splits
 from edvae.schedules import Schedules

@@ -48,7 +48,8 @@ def test_shapes_dtypes_and_hard_evaluation(name):
     assert out.z_q.shape == (2, 3, 4, 5) and out.z_q.dtype == torch.float32
     assert out.indices.shape == (2, 4, 5) and out.indices.dtype == torch.int64
     assert out.loss.shape == () and out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
-    assert out.probs is None and set(out.stats) == {"commitment"}
+    assert q.probabilities(z) is None and q.sample_codes(z) is None and q.uncertainty(z) is None
+    assert set(out.stats) == {"commitment"}
     q.eval()
     with torch.no_grad():
         out = q(z)

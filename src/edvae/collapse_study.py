@@ -50,8 +50,8 @@ from .checkpoint import atomic_write_text
 from .collapse_plots import plot_latents, plot_sweeps
 from .engine.loop import Fit, Phase, StepOutput, fit
 from .errors import EdvaeError
-from .kmeans import kmeans
 from .metrics import perplexity
+from .quantizers.kmeans import kmeans
 from .quantizers.vq_ema import EMAVQQuantizer
 
 ARMS = ("random", "kmeans", "pretrain")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint, kmeans
+from . import checkpoint
 from .config import RunConfig, merge_for_resume
 from .data import ImageSet, to_model_input
 from .engine import ddp
@@ -32,6 +32,7 @@ from .errors import EdvaeError
 from .evaluate import evaluate, write_eval
 from .metrics import code_counts, perplexity
 from .model import DiscreteVAE
+from .quantizers import kmeans
 from .run_folder import load_splits, run_config, run_model_file
 from .schedules import Schedules
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from .base import Quantizer, QuantizerOutput
 from .evidential import EvidentialQuantizer
+from .fsq import FSQQuantizer
 from .gm_vq import GMVQQuantizer
 from .gumbel import GumbelQuantizer
 from .gumbel_vq import GumbelVQQuantizer
+from .ibq import IBQQuantizer
+from .lfq import LFQQuantizer
+from .simvq import SimVQQuantizer
 from .sq import SQQuantizer
 from .vq_ema import EMAVQQuantizer
 from .vq_ste import STEVQQuantizer
@@ -19,6 +23,10 @@ QUANTIZERS: dict[str, type[Quantizer]] = {
     EMAVQQuantizer.name: EMAVQQuantizer,
     STEVQQuantizer.name: STEVQQuantizer,
     GMVQQuantizer.name: GMVQQuantizer,
+    FSQQuantizer.name: FSQQuantizer,
+    LFQQuantizer.name: LFQQuantizer,
+    SimVQQuantizer.name: SimVQQuantizer,
+    IBQQuantizer.name: IBQQuantizer,
 }
 
 __all__ = ["QUANTIZERS", "Quantizer", "QuantizerOutput", "build_quantizer"]

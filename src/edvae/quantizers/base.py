@@ -4,6 +4,7 @@ method they hold: z_e (B, C_q, h, w) -> QuantizerOutput."""
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,9 +23,19 @@ class QuantizerOutput:
 
 
 def check_option(name: str, value: Any, ok: bool, requirement: str) -> None:
-    """The one check of a quantizer option's value: `ok` or ValueError("NAME REQUIREMENT, got V")."""
+    """The one check of a quantizer option's value: `ok`, or
+    ValueError("option NAME REQUIREMENT, got VALUE")."""
     if not ok:
-        raise ValueError(f"{name} {requirement}, got {value!r}")
+        raise ValueError(f"option {name} {requirement}, got {value!r}")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """A finite int or float (not a bool, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 OPTION_TYPES = {"float": float, "int": int, "bool": bool, "str": str}

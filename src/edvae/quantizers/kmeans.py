@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .distributed import all_gather_cat, all_reduce_sum_, broadcast_, rank
-from .quantizers.nearest import cluster_stats, flatten, nearest
+from ..distributed import all_gather_cat, all_reduce_sum_, broadcast_, rank
+from .nearest import cluster_stats, flatten, nearest
 
 # training batches whose encoder outputs the codebook is initialised from (ours: with 8x8 latents
 # and batch 128, 4 batches give 32768 vectors, 64 per code of a 512-code book)
@@ -117,9 +117,11 @@ def _relocate(points: torch.Tensor, own_d2: torch.Tensor, centres: torch.Tensor,
 
 
 @torch.no_grad()
-def lloyd_steps(points: torch.Tensor, centroids: torch.Tensor, iters: int) -> KMeansResult:
+def lloyd_steps(points: torch.Tensor, centroids: torch.Tensor, iters: int,
+                relocate_empty: bool = True) -> KMeansResult:
     """Up to `iters` Lloyd iterations from `centroids` (K, D) over the rows of every rank, with
-    empty centres relocated; stops early once no centre moves."""
+    empty centres relocated (or, without `relocate_empty`, left where they are); stops early once
+    no centre moves."""
     points = _check(points, centroids.shape[0])
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
         raise ValueError(f"iters must be an integer >= 0, got {iters!r}")
@@ -136,7 +138,7 @@ def lloyd_steps(points: torch.Tensor, centroids: torch.Tensor, iters: int) -> KM
             new = centres.clone()
             new[used] = sums[used] / counts[used, None]
             empty = (~used).nonzero().squeeze(1)
-            if empty.numel():
+            if relocate_empty and empty.numel():
                 _relocate(points, _squared_distances(points, centres[indices]), new, empty)
             done += 1
             moved = not torch.equal(new, centres)  # identical on every rank: no collective needed

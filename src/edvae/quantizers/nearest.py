@@ -5,12 +5,10 @@ distance, k = argmin_k ||z - e_k||^2 (van den Oord et al. 2017, "Neural discrete
 learning", eq. 1-2). Distances are computed in float32 even under autocast, by the expansion
 ||e_k||^2 - 2 z.e_k (||z||^2 does not change the argmin), in chunks of positions so that the
 (positions x K) matrix stays small. Also here: per-code counts and sums of the assigned vectors,
-and a few Lloyd (K-means) iterations.
+the K-means of kmeans.py builds on them.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -18,21 +16,6 @@ from .base import Quantizer
 
 # positions per distance chunk: the chunk's (rows x K) float32 matrix is at most 2^24 values (64 MiB)
 _CHUNK_VALUES = 1 << 24
-
-
-def check_option(name: str, value, ok: bool, rule: str) -> None:
-    """A clear error naming a bad option (the config passes options as keyword arguments)."""
-    if not ok:
-        raise ValueError(f"option {name} must be {rule}, got {value!r}")
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_real(value) -> bool:
-    """A finite int or float (not a bool, not NaN)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def flatten(z: torch.Tensor) -> torch.Tensor:
@@ -81,18 +64,6 @@ def random_rows(points: torch.Tensor, n: int) -> torch.Tensor:
     else:
         pick = torch.randint(m, (n,), device=points.device)
     return points[pick]
-
-
-@torch.no_grad()
-def lloyd(points: torch.Tensor, centroids: torch.Tensor, iters: int) -> torch.Tensor:
-    """`iters` Lloyd iterations (assign to the nearest centroid, move each centroid to the mean of
-    its rows) from the given centroids; a centroid that receives no row stays where it is."""
-    points, centroids = points.float(), centroids.float().clone()
-    for _ in range(iters):
-        counts, sums = cluster_stats(points, nearest(points, centroids), centroids.shape[0])
-        used = counts > 0
-        centroids[used] = sums[used] / counts[used, None]
-    return centroids
 
 
 class NearestCodewordQuantizer(Quantizer):

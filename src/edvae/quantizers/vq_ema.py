@@ -2,11 +2,13 @@
 
 van den Oord, Vinyals, Kavukcuoglu, "Neural discrete representation learning" (NeurIPS 2017),
 sections 3.1-3.2 and Appendix A.1; as run in the EdVAE paper (Baykal et al. 2024, Appendix D:
-commitment 0.25, decay 0.99, codebook initialised uniformly); see shared/papers/baselines.md.
+commitment 0.25, decay 0.99, codebook initialised uniformly).
 
 - z_e has D channels; each position takes its nearest codeword k = argmin_k ||z_e - e_k||^2,
   computed in float32 even under autocast (nearest.py).
 - Straight-through: z_q = z_e + sg(e_k - z_e), so the decoder's gradient reaches z_e unchanged.
+  Option gradient="rotation": the rotation trick instead (Fifty et al. 2025, rotation.py); the
+  forward value is the same.
 - Loss: commitment * mean ||z_e - sg(e_k)||^2 (a mean over positions and channels, as the
   reference code's reduce_mean). The codebook is a buffer and gets no gradient. The trainer's
   `beta` (the KL weight of the logit methods) is not used: default_beta_max = 0.
@@ -37,16 +39,15 @@ import math
 import torch
 
 from ..distributed import all_reduce_sum_
-from .base import QuantizerOutput
+from .base import QuantizerOutput, check_option, is_real
 from .nearest import (
     NearestCodewordQuantizer,
-    check_option,
     cluster_stats,
     flatten,
-    is_real,
     nearest,
     unflatten,
 )
+from .rotation import GRADIENTS, rotation_trick
 
 
 class EMAVQQuantizer(NearestCodewordQuantizer):
@@ -56,11 +57,14 @@ class EMAVQQuantizer(NearestCodewordQuantizer):
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
                  commitment: float = 0.25,  # beta_c: van den Oord et al. 2017 sec. 3.2; EdVAE App. D
                  decay: float = 0.99,  # gamma: van den Oord et al. 2017 App. A.1; EdVAE App. D
-                 eps: float = 1e-5):  # Laplace smoothing: the reference code's epsilon (baselines.md)
+                 eps: float = 1e-5,  # Laplace smoothing: the reference code's epsilon (baselines.md)
+                 gradient: str = "ste"):  # "ste" (the paper's) or "rotation" (rotation.py)
         super().__init__(codebook_size, codebook_dim, eval_mode)
-        check_option("commitment", commitment, is_real(commitment) and commitment >= 0, ">= 0")
-        check_option("decay", decay, is_real(decay) and 0 < decay < 1, "in (0, 1)")
-        check_option("eps", eps, is_real(eps) and eps > 0, "> 0")
+        check_option("gradient", gradient, gradient in GRADIENTS, f"must be one of {', '.join(GRADIENTS)}")
+        self.gradient = gradient
+        check_option("commitment", commitment, is_real(commitment) and commitment >= 0, "must be >= 0")
+        check_option("decay", decay, is_real(decay) and 0 < decay < 1, "must be in (0, 1)")
+        check_option("eps", eps, is_real(eps) and eps > 0, "must be > 0")
         self.commitment, self.decay, self.eps = float(commitment), float(decay), float(eps)
         k, d = codebook_size, codebook_dim
         # uniform in +-1/K, as in the paper (protocol.md); a buffer: only the EMA moves it
@@ -113,7 +117,12 @@ class EMAVQQuantizer(NearestCodewordQuantizer):
             if self.training:
                 self.ema_update(flat.detach(), indices)
             sq_err = (flat - e).pow(2).mean()  # e is a buffer: the gradient goes to z_e only
-            z_q = flat + (e - flat).detach() if flat.requires_grad else e
+            if not flat.requires_grad:
+                z_q = e
+            elif self.gradient == "rotation":
+                z_q = rotation_trick(flat, e)  # value e; gradient (|e_k|/|z|) R^T g
+            else:
+                z_q = flat + (e - flat).detach()
         stats = {"commitment": sq_err.detach()} if self.reporting or not self.training else {}
         return QuantizerOutput(z_q=unflatten(z_q, b, h, w), loss=self.commitment * sq_err,
-                               indices=indices.view(b, h, w), probs=None, stats=stats)
+                               indices=indices.view(b, h, w), stats=stats)

@@ -3,7 +3,7 @@
 Huh, Cheung, Agrawal, Isola, "Straightening out the straight-through estimator: overcoming
 optimization challenges in vector quantized networks" (ICML 2023), and the authors' library
 vqtorch (github.com/minyoungg/vqtorch), whose settings the EdVAE paper says it used (Appendix D:
-"we use the proposed architectures and hyperparameters"). See shared/papers/baselines.md.
+"we use the proposed architectures and hyperparameters").
 The paper's own text was not at hand: defaults come from the authors' README example
 (VectorQuant(beta=0.98, kmeans_init=True, affine_lr=10.0, sync_nu=0.2, replace_freq=20)) and
 its autoencoder example (commitment loss weight alpha = 10).
@@ -16,6 +16,8 @@ z_e has D channels; each position takes its nearest (effective) codeword in floa
 - Synchronized update: z_out = z + sg(z_q - z) + nu z_q - sg(nu z_q): the same forward value as
   plain straight-through; the encoder gets the task gradient unchanged and the chosen codewords
   get nu times it too (sync_nu, 0 = off).
+- Option gradient="rotation": the rotation trick (Fifty et al. 2025, rotation.py) replaces the
+  straight-through copy to the encoder; the forward value and the synchronized update are unchanged.
 - Affine reparameterization: the codebook in use is c'_k = (1 + lambda s_g) * c_k + lambda b_g
   for code k in group g (groups are contiguous blocks of K / G codes, as vqtorch's
   AffineTransform); s and b are learned (G, D) Parameters initialised at 0, so c' = c at
@@ -50,19 +52,17 @@ import torch
 from torch import nn
 
 from ..distributed import all_gather_cat, all_reduce_sum_, broadcast_, rank
-from .base import QuantizerOutput
+from .base import QuantizerOutput, check_option, is_int, is_real
+from .kmeans import lloyd_steps
 from .nearest import (
     NearestCodewordQuantizer,
-    check_option,
     cluster_stats,
     flatten,
-    is_int,
-    is_real,
-    lloyd,
     nearest,
     random_rows,
     unflatten,
 )
+from .rotation import GRADIENTS, rotation_trick
 
 
 class STEVQQuantizer(NearestCodewordQuantizer):
@@ -78,22 +78,25 @@ class STEVQQuantizer(NearestCodewordQuantizer):
                  inner_lr: float = 0.0,  # alternated optimization; off: experimental in vqtorch
                  dead_after: int = 20,  # vqtorch README (replace_freq=20); 0 = off
                  dead_noise: float = 0.01,  # rho: vqtorch's VectorQuant (lru_replacement rho=0.01)
-                 kmeans_init_iters: int = 10):  # vqtorch README (kmeans_init=True); 10 Lloyd steps: ours
+                 kmeans_init_iters: int = 10,  # vqtorch README (kmeans_init=True); 10 Lloyd steps: ours
+                 gradient: str = "ste"):  # "ste" (the paper's) or "rotation" (rotation.py)
         super().__init__(codebook_size, codebook_dim, eval_mode)
+        check_option("gradient", gradient, gradient in GRADIENTS, f"must be one of {', '.join(GRADIENTS)}")
+        self.gradient = gradient
         k, d = codebook_size, codebook_dim
-        check_option("commitment", commitment, is_real(commitment) and commitment >= 0, ">= 0")
+        check_option("commitment", commitment, is_real(commitment) and commitment >= 0, "must be >= 0")
         check_option("commitment_split", commitment_split,
-                     is_real(commitment_split) and 0 <= commitment_split <= 1, "in [0, 1]")
-        check_option("sync_nu", sync_nu, is_real(sync_nu) and sync_nu >= 0, ">= 0 (0 = off)")
+                     is_real(commitment_split) and 0 <= commitment_split <= 1, "must be in [0, 1]")
+        check_option("sync_nu", sync_nu, is_real(sync_nu) and sync_nu >= 0, "must be >= 0 (0 = off)")
         check_option("affine_groups", affine_groups,
                      is_int(affine_groups) and affine_groups >= 0 and k % max(affine_groups, 1) == 0,
-                     f"an integer >= 0 (0 = off) that divides the codebook size {k}")
+                     f"must be an integer >= 0 (0 = off) that divides the codebook size {k}")
         check_option("affine_lr", affine_lr, is_real(affine_lr) and affine_lr > 0,
-                     "> 0 (turn the affine off with affine_groups=0)")
-        check_option("inner_lr", inner_lr, is_real(inner_lr) and inner_lr >= 0, ">= 0 (0 = off)")
+                     "must be > 0 (turn the affine off with affine_groups=0)")
+        check_option("inner_lr", inner_lr, is_real(inner_lr) and inner_lr >= 0, "must be >= 0 (0 = off)")
         for name, value in (("dead_after", dead_after), ("kmeans_init_iters", kmeans_init_iters)):
-            check_option(name, value, is_int(value) and value >= 0, "an integer >= 0 (0 = off)")
-        check_option("dead_noise", dead_noise, is_real(dead_noise) and dead_noise >= 0, ">= 0")
+            check_option(name, value, is_int(value) and value >= 0, "must be an integer >= 0 (0 = off)")
+        check_option("dead_noise", dead_noise, is_real(dead_noise) and dead_noise >= 0, "must be >= 0")
         self.commitment, self.commitment_split = float(commitment), float(commitment_split)
         self.sync_nu, self.affine_groups, self.affine_lr = float(sync_nu), affine_groups, float(affine_lr)
         self.inner_lr, self.dead_after, self.dead_noise = float(inner_lr), dead_after, float(dead_noise)
@@ -156,10 +159,12 @@ class STEVQQuantizer(NearestCodewordQuantizer):
     @torch.no_grad()
     def _kmeans_init(self, flat: torch.Tensor) -> None:
         points = all_gather_cat(flat)  # the global batch, in rank order
-        centroids = torch.empty(self.codebook_size, self.codebook_dim, device=flat.device)
-        if rank() == 0:  # random start drawn on rank 0, result broadcast
-            centroids.copy_(lloyd(points, random_rows(points, self.codebook_size), self.kmeans_init_iters))
-        broadcast_(centroids)
+        start = torch.empty(self.codebook_size, self.codebook_dim, device=flat.device)
+        if rank() == 0:  # random start drawn on rank 0, broadcast
+            start.copy_(random_rows(points, self.codebook_size))
+        broadcast_(start)
+        # Lloyd over every rank's rows (kmeans.py, the one K-means); a code no row chose stays put
+        centroids = lloyd_steps(flat, start, self.kmeans_init_iters, relocate_empty=False).centroids
         self._set_codes(torch.arange(self.codebook_size, device=flat.device), centroids)
         self.set_flag("kmeans_done")
 
@@ -229,7 +234,10 @@ class STEVQQuantizer(NearestCodewordQuantizer):
             loss = self.commitment * ((1.0 - split) * (flat - e.detach()).pow(2).mean()
                                       + split * (flat.detach() - e).pow(2).mean())
             if torch.is_grad_enabled():
-                z_q = flat + (e - flat).detach()
+                if self.gradient == "rotation":
+                    z_q = rotation_trick(flat, e)  # value e; gradient (|e_k|/|z|) R^T g
+                else:
+                    z_q = flat + (e - flat).detach()
                 if self.sync_nu:
                     sync = self.sync_nu * e
                     z_q = z_q + (sync - sync.detach())  # exactly 0 forward: the value is unchanged
@@ -237,4 +245,4 @@ class STEVQQuantizer(NearestCodewordQuantizer):
                 z_q = e
         stats = {"commitment": sq_err} if self.reporting or not self.training else {}
         return QuantizerOutput(z_q=unflatten(z_q, b, h, w), loss=loss, indices=indices.view(b, h, w),
-                               probs=None, stats=stats)
+                               stats=stats)

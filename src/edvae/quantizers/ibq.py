@@ -1,0 +1,99 @@
+"""IBQ: index backpropagation quantization.
+
+Shi et al., "Scalable Image Tokenization with Index Backpropagation Quantization"
+(arXiv 2412.02692, 2024).
+
+The logits of a position are the dot products of its feature z (D channels) with every codeword,
+l_k = z . e_k, and p = softmax(l). The forward pass uses the hard one-hot of argmax_k l_k; the
+backward pass the softmax's gradient (a straight-through one-hot, one-hot - sg(p) + p), so every
+codeword, chosen or not, receives gradient at every step through the softmax:
+    z_q = onehot(argmax l) E  in value,   d z_q / d p = E  (the softmax's gradient).
+Written here as z_q = e_k + (p - sg(p)) sg(E): the value is exactly e_k and the gradient with
+respect to p, z and E is that of (onehot - sg(p) + p) E (the one-hot path gives E the gradient
+of the chosen codewords; the softmax path gives z and every codeword theirs, through the logits).
+All in float32, even under autocast.
+
+Loss: commitment * mean ||z - sg(e_k)||^2 + codebook * mean ||sg(z) - e_k||^2 (means over
+positions and channels), the "usual commitment and codebook terms" the paper adds.
+
+Defaults (marked unverified where the paper's code was not checked): commitment = 0.25 (VQ-VAE's
+beta, unverified for IBQ), codebook = 1.0; the paper's optional entropy penalty is not implemented.
+The codebook is a Parameter initialised N(0, 1), as every non-EMA codebook of this library.
+Nothing changes state inside the forward pass: DDP's gradient average keeps the codebook identical
+on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .base import Quantizer, QuantizerOutput, check_option
+from .nearest import flatten, unflatten
+
+_CHUNK_VALUES = 1 << 24  # positions x K logits per chunk in `codes`, as nearest.py
+
+
+@torch.no_grad()
+def _argmax_dot(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """argmax_k flat . e_k per row, (N,) int64, in chunks of rows (ties: the lowest index)."""
+    rows = max(1, _CHUNK_VALUES // codebook.shape[0])
+    parts = [(part @ codebook.t()).argmax(1) for part in flat.split(rows)]
+    return torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.int64)
+
+
+class IBQQuantizer(Quantizer):
+    name = "ibq"
+    logit_input = False
+    default_beta_max = 0.0  # no KL term: the trainer's beta is ignored
+
+    def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
+                 commitment: float = 0.25,  # VQ-VAE's beta (unverified for IBQ)
+                 codebook: float = 1.0):  # weight of the codebook term (VQ-VAE's; unverified for IBQ)
+        super().__init__(codebook_size, codebook_dim, eval_mode)
+        for key, value in (("commitment", commitment), ("codebook", codebook)):
+            check_option(key, value, isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                         "must be a number >= 0")
+        self.commitment, self.codebook_weight = float(commitment), float(codebook)
+        self.codebook = nn.Parameter(torch.randn(codebook_size, codebook_dim))  # N(0, 1)
+
+    def _features(self, z_e: torch.Tensor) -> torch.Tensor:
+        if z_e.dim() != 4 or z_e.shape[1] != self.codebook_dim:
+            raise ValueError(f"expected features (B, {self.codebook_dim}, h, w), got {tuple(z_e.shape)}")
+        return z_e.float()
+
+    def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
+                beta: float = 0.0) -> QuantizerOutput:
+        """temperature and beta are not used (the method's softmax has no temperature here)."""
+        z = self._features(z_e)
+        b, _, h, w = z.shape
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = flatten(z)
+            codebook = self.codebook.float()
+            logits = flat @ codebook.t()  # (N, K)
+            indices = _argmax_dot(flat.detach(), codebook.detach())  # as `codes` computes them
+            e = codebook[indices]
+            if torch.is_grad_enabled():
+                p = torch.softmax(logits, dim=1)
+                z_q = e + (p - p.detach()) @ codebook.detach()  # value e exactly; the softmax's gradient
+            else:
+                z_q = e
+            commit = (flat - e.detach()).pow(2).mean()
+            loss = self.commitment * commit + self.codebook_weight * (flat.detach() - e).pow(2).mean()
+        report = self.reporting or not self.training
+        stats = {"commitment": commit.detach()} if report else {}
+        return QuantizerOutput(z_q=unflatten(z_q, b, h, w), loss=loss,
+                               indices=indices.view(b, h, w) if report else None, stats=stats)
+
+    @torch.no_grad()
+    def codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """argmax_k z . e_k per position, (B, h, w) int64, in float32."""
+        z = self._features(z_e)
+        b, _, h, w = z.shape
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return _argmax_dot(flatten(z), self.codebook.float()).view(b, h, w)
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.codebook.float()[indices].permute(0, 3, 1, 2)
