@@ -13,10 +13,12 @@ Where TorchDynamo hands back to Python (graph breaks; the code still runs, betwe
 - EdVAE's KL on the CPU (quantizers/dirichlet_kl.py reads the logits' maximum to skip the clamp):
   its autograd function runs eagerly; it is hand-fused already;
 - the code counts of logged steps (a bincount of data-dependent size).
-Recompiles: the first compile specialises on the step number and the schedules' floats; the second
-step recompiles them as symbols (TorchDynamo's automatic dynamic shapes), and a logged step compiles
-its own variant (`quantizer.reporting`). Each recompile of the same graph reuses inductor's cached
-kernels.
+The schedules' values (temperature, beta, ...) are handed to the step functions as 0-d float32
+tensors on the run's device, refilled in place each step: a Python float would be specialised on
+(one recompile per new value until TorchDynamo makes it a symbol) and, on CUDA, would become a
+CPU scalar input of the graphs, which inductor's CUDA graphs may refuse to capture. Recompiles
+left: the second step's (the step number becomes a symbol: only the frames before the batch order's
+graph break see it), and a logged step's own variant (`quantizer.reporting`), once each.
 
 Random numbers: inductor's own random kernels draw other numbers than eager code from the same
 seed. `fallback_random` keeps torch's generators, so a compiled step draws the same noise as an
@@ -29,10 +31,8 @@ first logged step, subtracted from every logged row's `seconds` and logged as `c
 
 train.cuda_graph (CUDA only) compiles the same step functions with CUDA graphs (inductor's
 `triton.cudagraphs`, torch.compile's "reduce-overhead" mode): each graph's forward and backward are
-recorded once and replayed. The schedules' values are then handed to the step functions as 0-d
-tensors on the device (a Python float would be a CPU input, which inductor does not capture).
-THIS PATH HAS NEVER RUN ON A GPU: no GPU was available when it was written; docs/performance.md
-lists what a GPU session has to measure and check.
+recorded once and replayed. THIS PATH HAS NEVER RUN ON A GPU: no GPU was available when it was
+written; docs/performance.md lists what a GPU session has to measure and check.
 """
 
 from __future__ import annotations
@@ -104,21 +104,21 @@ class DeviceValues:
 
 
 def compile_step(step: StepFunction, cuda_graph: bool, device: torch.device) -> StepFunction:
-    """`step` compiled (see the module docstring); with `cuda_graph`, replayed as CUDA graphs."""
+    """`step` compiled (see the module docstring), its schedules' values handed to it as tensors;
+    with `cuda_graph`, replayed as CUDA graphs."""
     options = {"fallback_random": True}
     if cuda_graph:
         options["triton.cudagraphs"] = True
     kwargs = {"options": options} if BACKEND == "inductor" else {}
     compiled = torch.compile(step, backend=BACKEND, **kwargs)
-    if not cuda_graph:
-        return compiled
-    to_device = DeviceValues(device)
+    as_tensors = DeviceValues(device)
 
-    def replayed(i: int, values: dict[str, float], report: bool) -> StepOutput:
-        torch.compiler.cudagraph_mark_step_begin()  # one training iteration per call
-        return compiled(i, to_device(values), report)
+    def run(i: int, values: dict[str, float], report: bool) -> StepOutput:
+        if cuda_graph:
+            torch.compiler.cudagraph_mark_step_begin()  # one training iteration per call
+        return compiled(i, as_tensors(values), report)
 
-    return replayed
+    return run
 
 
 def check_device(f: Fit) -> None:
