@@ -73,6 +73,17 @@ def test_the_compile_flags_set_the_config_keys_and_stay_unset_when_absent():
                    for o in flag_overrides(parser().parse_args(["demo"]), VAE_FLAGS))
 
 
+def test_a_run_may_be_resumed_with_compile_switched_on_or_off():
+    from edvae.config import merge_for_resume
+
+    stored = from_dict({"train": {"steps": 10}}).to_dict()
+    assert merge_for_resume(stored, {"train": {"compile": True}}, "resume").train.compile is True
+    compiled = from_dict({"train": {"steps": 10, "compile": True}}).to_dict()
+    assert merge_for_resume(compiled, {"train": {"compile": False}}, "resume").train.compile is False
+    with pytest.raises(EdvaeError, match="train.seed"):  # what a run computes still may not change
+        merge_for_resume(stored, {"train": {"compile": True, "seed": 1}}, "resume")
+
+
 def test_fit_refuses_cuda_graph_without_compile_or_off_cuda():
     model = nn.Linear(2, 1)
     for kwargs, message in (({"cuda_graph": True}, "needs train.compile"),
