@@ -14,17 +14,11 @@
 set -u
 OUT=${1:?output folder}
 STEPS=${STEPS:-50}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-log() { echo "[$(date -u +%H:%M:%S)] $*"; }
-
-log "machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
-python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+source "$(dirname "$0")/session_lib.sh"
+machine triton
 
 log "1. compile tests on the GPU"
-timeout 240 python3 -m pytest tests/test_compile.py -q -rA -p no:cacheprovider -k "cuda" > "$OUT/pytest_compile_cuda.txt" 2>&1
-log "exit $?"; tail -n 20 "$OUT/pytest_compile_cuda.txt"
+stage 240 "$OUT/pytest_compile_cuda.txt" 20 python3 -m pytest tests/test_compile.py -q -rA -p no:cacheprovider -k "cuda"
 
 run_throughput() {  # METHOD
     timeout 420 python3 benchmarks/throughput.py --device cuda --precision bf16 --steps "$STEPS" --warmup 3 \

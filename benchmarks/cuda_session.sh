@@ -16,17 +16,11 @@ RUN_LIMIT=${RUN_LIMIT:-300}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-}  # empty: the config's 3,000
 BENCH_STEPS=${BENCH_STEPS:-50}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-log() { echo "[$(date -u +%H:%M:%S)] $*"; }
-
-log "machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+source "$(dirname "$0")/session_lib.sh"
+machine
 
 log "1. CUDA tests"
-timeout 180 python3 -m pytest tests/test_cuda.py -q -rA -p no:cacheprovider > "$OUT/pytest_cuda.txt" 2>&1
-log "exit $?"; tail -n 25 "$OUT/pytest_cuda.txt"
+stage 180 "$OUT/pytest_cuda.txt" 25 python3 -m pytest tests/test_cuda.py -q -rA -p no:cacheprovider
 
 log "2. step cost"
 timeout 90 python3 benchmarks/step_cost.py --device "$DEVICE" --width 128 --batch 128 --precision bf16 \

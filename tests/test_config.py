@@ -2,6 +2,7 @@ import pytest
 
 from edvae.config import apply_override, from_dict, load_file
 from edvae.errors import EdvaeError
+from edvae.quantizers import QUANTIZERS
 
 
 def test_defaults_and_method_beta():
@@ -16,6 +17,12 @@ def test_defaults_and_method_beta():
     ({"train": {"steps": 0}}, "train.steps must be positive"),
     ({"train": {"steps": -5}}, "train.steps must be positive"),
     ({"train": {"steps": 1.5}}, "train.steps: expected an integer"),
+    ({"train": {"steps": float("inf")}}, "train.steps: expected an integer, got inf"),
+    ({"train": {"steps": True}}, "train.steps: expected an integer, got True"),
+    ({"train": {"compile": 1}}, "train.compile: expected true or false, got 1"),
+    ({"train": {"data_dir": 3}}, "train.data_dir: expected a string, got 3"),
+    ({"model": {"options": [1]}}, "model.options: expected a mapping, got"),
+    ({"train": {"lr": None}}, "train.lr: a value is required"),
     ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
     ({"model": {"method": "vqgan"}}, "unknown method 'vqgan'"),
     ({"model": {"options": {"clamp": 3}}}, "model.options.clamp"),
@@ -25,6 +32,9 @@ def test_defaults_and_method_beta():
     ({"model": {"method": "vq-ste++", "options": {"dead_after": -1}}}, "option dead_after must be"),
     ({"model": {"method": "vq-ema", "eval_mode": "sample"}}, "eval_mode must be 'argmax' for vq-ema"),
     ({"train": {"device": "tpu"}}, "train.device"),
+    ({"model": {"architecture": "unet"}}, "model.architecture must be one of ('dalle', 'vqvae'), got 'unet'"),
+    ({"train": {"precision": "fp8"}}, "train.precision must be one of ('auto', 'fp32', 'bf16'), got 'fp8'"),
+    ({"train": {"lr_schedule": "linear"}}, "train.lr_schedule must be one of"),
 ])
 def test_bad_values_name_the_key(data, message):
     with pytest.raises(EdvaeError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -56,3 +66,21 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
     train = load_file(path)["train"]
     assert train == {"beta_max": 1e-7, "steps": 2000.0, "lr_min": -1.5e-6}
     assert from_dict({"train": {"beta_max": 1e-7, "steps": 2000.0}}).train.steps == 2000
+
+
+def test_pretraining_is_refused_for_exactly_the_methods_without_a_codebook_to_set():
+    """train.pretrain_steps ends by setting the codebook by K-means (init_codebook): the logit methods
+    have none of encoder-output vectors, FSQ and LFQ have fixed codes; every other method takes it."""
+    refused = set()
+    for method in QUANTIZERS:
+        model = {"method": method, "codebook_size": 16, "codebook_dim": 4,
+                 "options": {"levels": "2,2,2,2"} if method == "fsq" else {}}
+        assert from_dict({"model": dict(model), "train": {"steps": 2}}).train.pretrain_steps == 0
+        try:
+            cfg = from_dict({"model": dict(model), "train": {"steps": 2, "pretrain_steps": 1}})
+        except EdvaeError as e:
+            assert str(e).startswith("config key train.pretrain_steps: " + method), str(e)
+            refused.add(method)
+        else:
+            assert cfg.train.pretrain_steps == 1
+    assert refused == {"edvae", "dvae", "fsq", "lfq"}

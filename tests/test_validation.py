@@ -133,6 +133,10 @@ def test_resume_with_other_settings_names_them_and_changes_nothing(finished, tmp
     (["--method", "edvae", "--set", "model.options.nope=1"], "unknown config key model.options.nope"),
     (["--method", "dvae", "--set", "train.dataset=no-such-set"], "unknown dataset 'no-such-set'"),
     (["--method", "gs-vq", "--set", "model.eval_mode=best"], "eval_mode must be one of"),
+    # pretraining ends by setting the codebook by K-means: FSQ's and LFQ's codes are fixed
+    (["--method", "fsq", "--set", "model.options.levels=2,2,2,2", "--pretrain-steps", "1"],
+     "config key train.pretrain_steps: fsq has no codebook for the K-means that ends pretraining to set"),
+    (["--method", "lfq", "--pretrain-steps", "1"], "config key train.pretrain_steps: lfq has no codebook"),
 ])
 def test_bad_config_values_stop_before_anything_is_written(tmp_path, capsys, argv, needle):
     out = tmp_path / "run"

@@ -52,18 +52,15 @@ def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> list[str]
 
 def config_mapping(args: argparse.Namespace) -> dict[str, object]:
     """What `edvae train` was given: the --config file, the flags, then --set."""
-
     return config_data(args.config, flag_values(args, VAE_FLAGS), args.set or [])
 
 
 def build_config(args: argparse.Namespace):
     """The validated config of a new run from `edvae train`'s arguments."""
-
     return from_dict(config_mapping(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-
     cfg = resumed_config(Path(args.out), config_mapping(args)) if args.resume else build_config(args)
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if result is not None:  # None on the other ranks of a data-parallel run
@@ -72,7 +69,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-
     result = evaluate_run(args.run_dir, device=args.device)
     result.pop("code_counts", None)
     if args.json:
@@ -84,14 +80,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-
     n = encode_files(args.run_dir, args.images, Path(args.output), args.device)
     print(f"wrote {n} code maps to {args.output}")
     return 0
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-
     n = decode_file(args.run_dir, Path(args.codes), Path(args.output), args.device)
     print(f"wrote {n} images to {args.output}")
     return 0
@@ -135,7 +129,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_prior_train(args: argparse.Namespace) -> int:
-
     out = args.out or str(Path(args.run_dir) / "prior")
     result = train_prior(args.run_dir, out, overrides=flag_overrides(args, TRAINING_FLAGS),
                          preset=args.preset, resume=args.resume, codes_cache=args.codes_cache,
@@ -146,7 +139,6 @@ def cmd_prior_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-
     info = sample_run(args.run_dir, args.n, prior_dir=args.prior, out=args.out,
                       temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                       batch_size=args.batch_size, device=args.device)
@@ -169,7 +161,6 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 
 def cmd_study_collapse(args: argparse.Namespace) -> int:
-
     cfg = config_from_args(codebook_sizes=args.sizes, widths=args.widths, seeds=args.seeds, steps=args.steps,
                            pretrain_steps=args.pretrain_steps, width=args.width,
                            width_sweep_codebook=args.width_sweep_codebook, components=args.components,
@@ -227,22 +218,18 @@ def _add_eval(sub) -> None:
     e.set_defaults(func=cmd_eval)
 
 
-def _add_encode(sub) -> None:
-    en = sub.add_parser("encode", help="images (files or folders) -> a .npy of code maps")
-    en.add_argument("run_dir")
-    en.add_argument("images", nargs="+")
-    en.add_argument("-o", "--output", required=True, help="codes file (.npy)")
-    en.add_argument("--device", default="auto")
-    en.set_defaults(func=cmd_encode)
-
-
-def _add_decode(sub) -> None:
-    de = sub.add_parser("decode", help="a .npy of code maps -> PNG images")
-    de.add_argument("run_dir")
-    de.add_argument("codes")
-    de.add_argument("-o", "--output", required=True, help="folder for the PNGs")
-    de.add_argument("--device", default="auto")
-    de.set_defaults(func=cmd_decode)
+def _add_codec(sub) -> None:
+    """encode and decode: a run folder, what to read, -o and --device."""
+    for name, helptext, source, nargs, output_help in (
+        ("encode", "images (files or folders) -> a .npy of code maps", "images", "+", "codes file (.npy)"),
+        ("decode", "a .npy of code maps -> PNG images", "codes", None, "folder for the PNGs"),
+    ):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("run_dir")
+        c.add_argument(source, nargs=nargs)
+        c.add_argument("-o", "--output", required=True, help=output_help)
+        c.add_argument("--device", default="auto")
+        c.set_defaults(func=cmd_encode if name == "encode" else cmd_decode)
 
 
 def _add_grid(sub) -> None:
@@ -382,7 +369,7 @@ def add_compile_flags(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edvae", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_eval, _add_encode, _add_decode, _add_grid, _add_bench, _add_prior,
+    for add in (_add_train, _add_eval, _add_codec, _add_grid, _add_bench, _add_prior,
                 _add_sample, _add_fid, _add_study):
         add(sub)
     return p

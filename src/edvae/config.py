@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .data import DATASETS
 from .errors import EdvaeError
-from .quantizers import QUANTIZERS
+from .quantizers import QUANTIZERS, Quantizer
 from .schedules import LR_SCHEDULES
 from .yaml_values import load_yaml, parse_value
 
@@ -109,35 +110,31 @@ _NON_NEGATIVE = {"lr", "lr_min", "beta_ramp_steps", "temperature_decay",
                  "pretrain_steps"}
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# an annotation's base type -> (whether a value is one, what the error says was expected, conversion)
+_TYPES = {
+    "dict": (lambda v: isinstance(v, dict), "a mapping", dict),
+    "bool": (lambda v: isinstance(v, bool), "true or false", bool),
+    "int": (lambda v: _number(v) and (isinstance(v, int) or v.is_integer()), "an integer", int),
+    "float": (_number, "a number", float),
+    "str": (lambda v: isinstance(v, str), "a string", str),
+}
+
+
 def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
     name = f"{section}.{key}"
-    optional = "None" in annotation
     if value is None:
-        if optional:
+        if "None" in annotation:
             return None
         raise EdvaeError(f"config key {name}: a value is required")
     base = annotation.replace("| None", "").strip()
-    if base.startswith("dict"):
-        if not isinstance(value, dict):
-            raise EdvaeError(f"config key {name}: expected a mapping, got {value!r}")
-        return dict(value)
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-        raise EdvaeError(f"config key {name}: expected true or false, got {value!r}")
-    if base == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise EdvaeError(f"config key {name}: expected an integer, got {value!r}")
-        return int(value)
-    if base == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise EdvaeError(f"config key {name}: expected a number, got {value!r}")
-        return float(value)
-    if base == "str":
-        if not isinstance(value, str):
-            raise EdvaeError(f"config key {name}: expected a string, got {value!r}")
-        return value
-    raise AssertionError(annotation)
+    accepts, expected, convert = _TYPES["dict" if base.startswith("dict") else base]
+    if not accepts(value):
+        raise EdvaeError(f"config key {name}: expected {expected}, got {value!r}")
+    return convert(value)
 
 
 def _known(key: str, names: list[str], section: str) -> str:
@@ -156,8 +153,7 @@ def _build(cls, section: str, values: dict[str, Any]):
     if unknown:
         hint = _known(unknown[0], list(fields), section)
         raise EdvaeError(f"unknown config key {section}.{unknown[0]} ({hint})")
-    kwargs = {k: _coerce(section, k, v, str(fields[k].type)) for k, v in values.items()}
-    obj = cls(**kwargs)
+    obj = cls(**{k: _coerce(section, k, v, str(fields[k].type)) for k, v in values.items()})
     for key in fields:
         value = getattr(obj, key)
         if key in _POSITIVE and value <= 0:
@@ -167,8 +163,8 @@ def _build(cls, section: str, values: dict[str, Any]):
     return obj
 
 
-def _check_options(m: ModelConfig) -> None:
-    """Options coerced by the types the quantizer declares, then checked by building it."""
+def _check_options(m: ModelConfig) -> Quantizer:
+    """Options coerced by the types the quantizer declares, then checked by building it; returns it."""
     if m.method not in QUANTIZERS:
         raise EdvaeError(f"config key model.method: unknown method {m.method!r} "
                          f"(known: {', '.join(sorted(QUANTIZERS))})")
@@ -179,14 +175,14 @@ def _check_options(m: ModelConfig) -> None:
                              f"(known: {', '.join(sorted(types)) or 'none'})")
         m.options[key] = _coerce("model.options", key, m.options[key], types[key].__name__)
     try:  # the quantizer checks its own option values
-        QUANTIZERS[m.method](m.codebook_size, m.codebook_dim, eval_mode=m.eval_mode, **m.options)
+        return QUANTIZERS[m.method](m.codebook_size, m.codebook_dim, eval_mode=m.eval_mode, **m.options)
     except ValueError as e:
         raise EdvaeError(f"config key model.options / model.eval_mode for method {m.method}: {e}") from None
 
 
 def validate(cfg: RunConfig) -> RunConfig:
     m, t = cfg.model, cfg.train
-    _check_options(m)
+    quantizer = _check_options(m)
     if t.dataset not in DATASETS:
         raise EdvaeError(f"config key train.dataset: unknown dataset {t.dataset!r} "
                          f"(known: {', '.join(DATASETS)})")
@@ -198,27 +194,31 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise EdvaeError(f"config key train.pretrain_steps: {m.method} reads {m.codebook_size} logits, so "
                          "there is no codebook to initialise from encoder outputs; pretraining is for the "
                          "codebook methods (encoder outputs of codebook_dim channels)")
+    if t.pretrain_steps:
+        try:  # on the quantizer built only to validate the config; FSQ and LFQ refuse: their codes are fixed
+            quantizer.init_codebook(torch.zeros(m.codebook_size, m.codebook_dim))
+        except ValueError:
+            raise EdvaeError(f"config key train.pretrain_steps: {m.method} has no codebook for the K-means "
+                             "that ends pretraining to set (its codes are fixed, not learned); pretraining "
+                             "is for the codebook methods") from None
     if t.pretrain_steps >= t.steps:
         raise EdvaeError(f"config key train.pretrain_steps ({t.pretrain_steps}) must be smaller than "
                          f"train.steps ({t.steps}): quantized training follows the pretraining")
-    if m.architecture not in ARCHITECTURES:
-        raise EdvaeError(f"config key model.architecture must be one of {ARCHITECTURES}, "
-                         f"got {m.architecture!r}")
+    for key, value, valid in (("model.architecture", m.architecture, ARCHITECTURES),
+                              ("train.device", t.device, DEVICES),
+                              ("train.precision", t.precision, PRECISIONS),
+                              ("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)):
+        if value not in valid:
+            raise EdvaeError(f"config key {key} must be one of {valid}, got {value!r}")
     if m.channels not in (1, 3):
         raise EdvaeError(f"config key model.channels must be 1 or 3, got {m.channels}")
     if m.image_size % 4:
         raise EdvaeError(f"config key model.image_size must be a multiple of 4, got {m.image_size}")
-    if t.device not in DEVICES:
-        raise EdvaeError(f"config key train.device must be one of {DEVICES}, got {t.device!r}")
-    if t.precision not in PRECISIONS:
-        raise EdvaeError(f"config key train.precision must be one of {PRECISIONS}, got {t.precision!r}")
     if t.cuda_graph and not t.compile:
         raise EdvaeError("config key train.cuda_graph needs train.compile: true (CUDA graphs replay the "
                          "compiled step)")
     if t.cuda_graph and t.device in ("cpu", "mps"):
         raise EdvaeError(f"config key train.cuda_graph needs a CUDA device, got train.device {t.device!r}")
-    if t.lr_schedule not in LR_SCHEDULES:
-        raise EdvaeError(f"config key train.lr_schedule must be one of {LR_SCHEDULES}, got {t.lr_schedule!r}")
     return cfg
 
 
@@ -263,12 +263,9 @@ def _section_of(key: str) -> tuple[str, str]:
     if "." in key:
         section, rest = key.split(".", 1)
         return section, rest
-    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    if key in model_keys:
-        return "model", key
-    if key in train_keys:
-        return "train", key
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        if key in {f.name for f in dataclasses.fields(cls)}:
+            return section, key
     raise EdvaeError(f"unknown config key {key!r}")
 
 
@@ -282,8 +279,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if section not in ("model", "train"):
         raise EdvaeError(f"unknown config key {key!r} (sections: model, train)")
     value = parse_value(raw)
-    target = data.setdefault(section, {}) or {}
-    data[section] = target
+    target = data[section] = data.get(section) or {}
     parts = rest.split(".")
     for part in parts[:-1]:
         target = target.setdefault(part, {})

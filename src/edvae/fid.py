@@ -85,19 +85,21 @@ def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
     return (v * w.clamp_min(0).sqrt()) @ v.T
 
 
+def _distance(diff: torch.Tensor, tr1: torch.Tensor, tr2: torch.Tensor, tr_covmean: torch.Tensor) -> float:
+    """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2), from its four parts."""
+    # round-off can leave -1e-13 where the exact value is 0
+    return max(float(diff @ diff + tr1 + tr2 - 2 * tr_covmean), 0.0)
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), computed in float64."""
-    mu1, mu2 = (torch.as_tensor(m).to("cpu", torch.float64) for m in (mu1, mu2))
-    s1, s2 = (torch.as_tensor(s).to("cpu", torch.float64) for s in (sigma1, sigma2))
+    mu1, s1, mu2, s2 = (torch.as_tensor(t).to("cpu", torch.float64) for t in (mu1, sigma1, mu2, sigma2))
     d = mu1.shape[0] if mu1.dim() == 1 else -1
     if d < 1 or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
         raise EdvaeError(f"Frechet distance needs means (D,) and covariances (D, D) of one D; got "
                          f"{tuple(mu1.shape)}, {tuple(s1.shape)}, {tuple(mu2.shape)}, {tuple(s2.shape)}")
     tr_covmean = torch.linalg.svdvals(_psd_sqrt(s1) @ _psd_sqrt(s2)).sum()
-    diff = mu1 - mu2
-    value = diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean
-    # round-off can leave -1e-13 where the exact value is 0
-    return max(float(value), 0.0)
+    return _distance(mu1 - mu2, torch.trace(s1), torch.trace(s2), tr_covmean)
 
 
 def frechet_distance_of_features(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
@@ -110,13 +112,9 @@ def frechet_distance_of_features(a: torch.Tensor | np.ndarray, b: torch.Tensor |
         raise EdvaeError(f"feature sets of different widths: {x1.shape[1]} and {x2.shape[1]}")
     if max(x1.shape[0], x2.shape[0]) > x1.shape[1]:
         return frechet_distance(*feature_statistics(x1), *feature_statistics(x2))
-    mu1, mu2 = x1.mean(0), x2.mean(0)
-    c1 = (x1 - mu1) / (x1.shape[0] - 1) ** 0.5  # c1^T c1 = S1
-    c2 = (x2 - mu2) / (x2.shape[0] - 1) ** 0.5
-    diff = mu1 - mu2
-    tr_covmean = torch.linalg.svdvals(c1 @ c2.T).sum()
-    value = diff @ diff + (c1 * c1).sum() + (c2 * c2).sum() - 2 * tr_covmean
-    return max(float(value), 0.0)
+    c1, c2 = ((x - x.mean(0)) / (x.shape[0] - 1) ** 0.5 for x in (x1, x2))  # c^T c = S
+    return _distance(x1.mean(0) - x2.mean(0), (c1 * c1).sum(), (c2 * c2).sum(),
+                     torch.linalg.svdvals(c1 @ c2.T).sum())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,11 +155,6 @@ def read_image_folder(folder: str | Path, channels: int, size: int | None = None
     return x[:, None] if channels == 1 else x.permute(0, 3, 1, 2).contiguous()
 
 
-def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> `channels` channels: grey is repeated to RGB, RGB made grey as PIL does."""
-    return adapt(images, None, channels)
-
-
 # ---------------------------------------------------------------------------------------------
 # Feature extractors: callables uint8 (N, C, H, W) -> float (N, D)
 
@@ -179,11 +172,9 @@ def inception_extractor(weights: str | Path | None = None, device: torch.device 
 
     @torch.no_grad()
     def extract(images: torch.Tensor) -> torch.Tensor:
-        x = match_channels(images, 3).to(device)  # grey images are read as RGB, as torch-fidelity does
-        if device.type != "cuda":
-            return net(x).cpu()
+        x = adapt(images, None, 3).to(device)  # grey images are read as RGB, as torch-fidelity does
         tf32 = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False  # full float32 convolutions, as on the CPU
+        torch.backends.cudnn.allow_tf32 = tf32 and device.type != "cuda"  # CUDA: full float32, as on the CPU
         try:
             return net(x).cpu()
         finally:
@@ -205,25 +196,26 @@ def classifier_extractor(path: str | Path,
         if images.shape[-2:] != (s, s):
             raise EdvaeError(f"images of {images.shape[-1]}x{images.shape[-2]} do not fit the classifier "
                              f"{path}, which takes {s}x{s}")
-        return net.features(match_channels(images, c).to(device)).float().cpu()
+        return net.features(adapt(images, None, c).to(device)).float().cpu()
 
     extract.net = net  # type: ignore[attr-defined]
     return extract
+
+
+def _batches(images, batch_size: int):
+    """uint8 (B, C, H, W) batches in order, of a (N, C, H, W) tensor or an ImageSet."""
+    for start in range(0, len(images), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(images)))
+        yield images.batch(idx) if isinstance(images, ImageSet) else images[idx]
 
 
 @torch.no_grad()
 def extract_features(extract: Callable[[torch.Tensor], torch.Tensor], images,
                      batch_size: int = 100) -> torch.Tensor:
     """Features of uint8 images: a (N, C, H, W) tensor, or an ImageSet (read batch by batch)."""
-    n = len(images)
-    if n == 0:
+    if len(images) == 0:
         raise EdvaeError("no images to extract features from")
-    out = []
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
-        batch = images.batch(idx) if isinstance(images, ImageSet) else images[idx]
-        out.append(extract(batch.cpu() if batch.device.type != "cpu" else batch))
-    return torch.cat(out).double()
+    return torch.cat([extract(batch.cpu()) for batch in _batches(images, batch_size)]).double()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,12 +225,7 @@ def extract_features(extract: Callable[[torch.Tensor], torch.Tensor], images,
 @torch.no_grad()
 def reconstruct_images(model, images, batch_size: int = 100) -> torch.Tensor:
     """uint8 reconstructions (N, C, H, W) of an ImageSet or uint8 tensor, through the model's codes."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(images)))
-        x = images.batch(idx) if isinstance(images, ImageSet) else images[idx]
-        out.append(to_uint8(model.reconstruct(x)).cpu())
-    return torch.cat(out)
+    return torch.cat([to_uint8(model.reconstruct(x)).cpu() for x in _batches(images, batch_size)])
 
 
 def _classifier_for(path: str | Path | None, run_dir: Path | None, device, steps: int, log) -> Path:
@@ -334,23 +321,18 @@ def measure(*, run_dir: str | Path | None = None, samples: str | Path | None = N
     extract, channels, size, extractor = _extractor(features, inception_weights, classifier, run, dev,
                                                     classifier_steps, log)
     if reference is not None:
-        ref = read_image_folder(reference, channels, size, limit)
-        ref_desc = str(reference)
+        ref, ref_desc, against = read_image_folder(reference, channels, size, limit), str(reference), "folder"
     else:
-        ref = load_split(cfg, split, "cpu")
+        ref, ref_desc, against = load_split(cfg, split, "cpu"), f"{cfg.train.dataset} {split}", split
         if limit is not None and limit < len(ref):
             ref = ref.batch(torch.arange(limit))
-        ref_desc = f"{cfg.train.dataset} {split}"
     if reconstructions:
-        gen = reconstruct_images(vae, ref, batch_size)
-        gen_desc = f"reconstructions by {run}"
+        gen, gen_desc = reconstruct_images(vae, ref, batch_size), f"reconstructions by {run}"
     else:
-        gen = read_image_folder(samples, channels, size)
-        gen_desc = str(samples)
+        gen, gen_desc = read_image_folder(samples, channels, size), str(samples)
     fa = extract_features(extract, gen, batch_size)
     fb = extract_features(extract, ref, batch_size)
-    protocol = ("reconstructions-of-" if reconstructions else "samples-vs-") + (split if reference is None
-                                                                                 else "folder")
+    protocol = ("reconstructions-of-" if reconstructions else "samples-vs-") + against
     return {"metric": ("r" if reconstructions else "") + METRIC_NAMES[features],
             "value": frechet_distance_of_features(fa, fb), "protocol": protocol,
             "generated": gen_desc, "reference": ref_desc,

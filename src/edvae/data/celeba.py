@@ -7,23 +7,12 @@ Splits follow the official partition numbers: train = 0, valid = 1, test = 2.
 from __future__ import annotations
 
 import os
-from functools import partial
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from edvae.data.images import (
-    ImageSet,
-    StreamingImages,
-    check_channels,
-    check_limit,
-    check_size,
-    check_split,
-    convert,
-    open_image,
-    pil_to_tensor,
-)
+from edvae.data.images import ImageSet, check_request, convert, open_image, pil_to_tensor, streaming_set
 from edvae.errors import EdvaeError
 
 PARTITIONS = {"train": 0, "valid": 1, "test": 2}
@@ -63,10 +52,8 @@ def load_celeba(split: str = "train", root: str | Path | None = None, *,
                 size: int | None = None, channels: int | None = None,
                 limit: int | None = None, cache_to_memory: bool = False) -> ImageSet:
     """CelebA `split` (train/valid/test): streaming, or one tensor with cache_to_memory=True."""
-    check_split("celeba", split, tuple(PARTITIONS))
-    check_limit(limit)
-    size = check_size(64 if size is None else size)
-    channels = check_channels(3 if channels is None else channels)
+    size, channels = check_request("celeba", split, limit, size, channels, default_size=64,
+                                   splits=tuple(PARTITIONS))
     if root is None:
         raise EdvaeError("celeba needs root= a folder with img_align_celeba/ and "
                          "list_eval_partition.txt")
@@ -88,9 +75,5 @@ def load_celeba(split: str = "train", root: str | Path | None = None, *,
     missing = [n for n in names if n not in present]
     if missing:
         raise EdvaeError(f"{len(missing)} CelebA images missing from {images}, e.g. {missing[0]}")
-    data = StreamingImages(
-        name="celeba", channels=channels, size=size, source=str(root),
-        items=[str(images / n) for n in names],
-        decode=partial(decode_celeba, size=size, channels=channels),
-    )
-    return data.cache_to_memory() if cache_to_memory else data
+    return streaming_set("celeba", root, [str(images / n) for n in names], decode_celeba, size=size,
+                         channels=channels, cache_to_memory=cache_to_memory)

@@ -8,7 +8,6 @@ to size x size, and converted to `channels` (1: "L", 3: "RGB").
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,15 +16,13 @@ from PIL import Image
 from edvae.data.images import (
     GRAY_MODES,
     ImageSet,
-    StreamingImages,
-    check_channels,
     check_limit,
-    check_size,
     check_split,
     convert,
     open_image,
     pil_to_tensor,
     resize_center_crop,
+    streaming_set,
 )
 from edvae.errors import EdvaeError
 
@@ -89,8 +86,5 @@ def load_folder(split: str = "train", root: str | Path | None = None, *,
             raise EdvaeError(f"images in {root} are not all square of one size "
                              f"(e.g. {w}x{h}); pass size=")
         size = w
-    data = StreamingImages(
-        name=name, channels=check_channels(channels), size=check_size(size), source=str(root),
-        items=[str(p) for p in files], decode=partial(decode_resized, size=size, channels=channels),
-    )
-    return data.cache_to_memory() if cache_to_memory else data
+    return streaming_set(name, root, [str(p) for p in files], decode_resized, size=size, channels=channels,
+                         cache_to_memory=cache_to_memory)

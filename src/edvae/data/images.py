@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,16 @@ class StreamingImages(ImageSet):
         )
 
 
+def streaming_set(name: str, source: object, items: Sequence[Any], decode: Callable[..., torch.Tensor], *,
+                  size: int, channels: int, cache_to_memory: bool = False) -> ImageSet:
+    """`items` decoded on demand by `decode(item, size=size, channels=channels)` (channels and size
+    checked), or all at once into one tensor with cache_to_memory: the streaming sources' end."""
+    data = StreamingImages(name=name, channels=check_channels(channels), size=check_size(size),
+                           source=str(source), items=items,
+                           decode=partial(decode, size=size, channels=channels))
+    return data.cache_to_memory() if cache_to_memory else data
+
+
 def to_model_input(batch_uint8: torch.Tensor) -> torch.Tensor:
     """float32 in [-0.5, 0.5]: x / 255 - 0.5."""
     if batch_uint8.dtype != torch.uint8:
@@ -206,6 +217,17 @@ def check_split(name: str, split: str, valid: tuple[str, ...] = ("train", "test"
     if split not in valid:
         raise EdvaeError(f"unknown split {split!r} for {name}; valid: {', '.join(valid)}")
     return split
+
+
+def check_request(name: str, split: str, limit: int | None, size: int | None, channels: int | None, *,
+                  default_size: int, default_channels: int = 3,
+                  splits: tuple[str, ...] = ("train", "test")) -> tuple[int, int]:
+    """A source's first checks: the split, the limit, then size and channels (None: the source's
+    defaults). Returns (size, channels)."""
+    check_split(name, split, splits)
+    check_limit(limit)
+    return (check_size(default_size if size is None else size),
+            check_channels(default_channels if channels is None else channels))
 
 
 def check_limit(limit: int | None) -> int | None:

@@ -21,15 +21,12 @@ import torch
 from edvae.data.folder import load_folder
 from edvae.data.images import (
     ImageSet,
-    StreamingImages,
-    check_channels,
-    check_limit,
-    check_size,
-    check_split,
+    check_request,
     convert,
     open_image,
     pil_to_tensor,
     resize_center_crop,
+    streaming_set,
 )
 from edvae.errors import EdvaeError
 
@@ -100,10 +97,7 @@ def load_lsun(split: str = "train", root: str | Path | None = None, *,
               size: int | None = None, channels: int | None = None, limit: int | None = None,
               cache_to_memory: bool = False) -> ImageSet:
     """LSUN church_outdoor `split` (train/test) as a streaming set of (C, size, size) images."""
-    check_split("lsun-church", split)
-    check_limit(limit)
-    size = check_size(128 if size is None else size)
-    channels = check_channels(3 if channels is None else channels)
+    size, channels = check_request("lsun-church", split, limit, size, channels, default_size=128)
     if root is None:
         raise EdvaeError("lsun-church needs root= a folder with church_outdoor_train_lmdb/ "
                          "and church_outdoor_val_lmdb/ (or a folder of images)")
@@ -117,8 +111,5 @@ def load_lsun(split: str = "train", root: str | Path | None = None, *,
     keys = lmdb_keys(db, limit)
     if not keys:
         raise EdvaeError(f"LSUN LMDB {db} is empty")
-    data = StreamingImages(
-        name="lsun-church", channels=channels, size=size, source=str(db), items=keys,
-        decode=partial(decode_lmdb, path=str(db), size=size, channels=channels),
-    )
-    return data.cache_to_memory() if cache_to_memory else data
+    return streaming_set("lsun-church", db, keys, partial(decode_lmdb, path=str(db)), size=size,
+                         channels=channels, cache_to_memory=cache_to_memory)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edvae.data.images import InMemoryImages, check_channels, check_limit, check_size, check_split
+from edvae.data.images import InMemoryImages, check_request
 
 DEFAULT_N = {"train": 10000, "test": 2000}
 SPLIT_STREAM = {"train": 1, "test": 2}
@@ -35,10 +35,8 @@ def load_synthetic(split: str = "train", *, size: int | None = None,
                    n: int | None = None, n_components: int = 10,
                    noise: float = 0.1) -> InMemoryImages:
     """`n` images (default 10000 train / 2000 test, at most `limit`) with int64 labels."""
-    check_split("synthetic", split)
-    check_limit(limit)
-    size = check_size(32 if size is None else size)
-    channels = check_channels(1 if channels is None else channels)
+    size, channels = check_request("synthetic", split, limit, size, channels, default_size=32,
+                                   default_channels=1)
     n = n or DEFAULT_N[split]
     if limit is not None:
         n = min(n, limit)

@@ -79,7 +79,7 @@ def stop(group: Group) -> None:
     the connections are closed."""
     if group.active and dist.is_initialized():
         dist.barrier()
-        store = dist.distributed_c10d._get_default_store()
+        store = dist.group.WORLD.get_group_store()  # the launcher's store; a public, undocumented method
         store.set(f"edvae/left-barrier/{group.rank}", "1")
         store.wait([f"edvae/left-barrier/{r}" for r in range(group.world)])
         dist.destroy_process_group()
