@@ -57,8 +57,9 @@ class PosteriorTally:
 
     def add(self, p: torch.Tensor, uncertainty: torch.Tensor | None) -> torch.Tensor:
         ent = entropy(p)  # (B, h, w)
-        self.ent_sum += float(ent.sum())
-        self.ent_sq += float((ent.double() ** 2).sum())
+        wide = ent.double()  # float64 sums: the std is sqrt(E[H^2] - E[H]^2), which cancels
+        self.ent_sum += float(wide.sum())
+        self.ent_sq += float((wide ** 2).sum())
         self.ent_map = ent.sum(0) if self.ent_map is None else self.ent_map + ent.sum(0)
         if uncertainty is not None:
             self.has_uncertainty = True

@@ -124,6 +124,23 @@ def _entries(data: dict[str, Any], study: Path) -> list[Entry]:
     return entries
 
 
+FIGURE_KINDS = {"curves": (), "sweep": ("metric", "axis"), "maps": ()}  # kind: its required keys
+
+
+def _figures(data: dict[str, Any], study: Path) -> list[dict[str, Any]]:
+    """The figure specs, each of a known kind with the keys its kind needs (checked before any run)."""
+    specs = [_mapping(f, f"study {study} (figures)") for f in _list(data.get("figures"), "figures")]
+    for i, spec in enumerate(specs):
+        kind = spec.get("kind", "curves")
+        if kind not in FIGURE_KINDS:
+            raise EdvaeError(f"study {study} (figures[{i}]): unknown kind {kind!r} "
+                             f"(known: {', '.join(FIGURE_KINDS)})")
+        missing = [k for k in FIGURE_KINDS[kind] if k not in spec]
+        if missing:
+            raise EdvaeError(f"study {study} (figures[{i}]): a {kind} figure needs {missing[0]!r}")
+    return specs
+
+
 def load_study(path: str | Path) -> Study:
     path = Path(path)
     if not path.is_file():
@@ -155,7 +172,7 @@ def load_study(path: str | Path) -> Study:
                  _sweeps(data.get("sweeps"), f"study {path} (sweeps)"),
                  _list(data.get("set"), f"study {path} (set)", str), scales, generation,
                  [_mapping(t, f"study {path} (tables)") for t in _list(data.get("tables"), "tables")],
-                 [_mapping(f, f"study {path} (figures)") for f in _list(data.get("figures"), "figures")],
+                 _figures(data, path),
                  {k: data.get(k) for k in ("name", "title", "paper", "claims", "notes")})
 
 

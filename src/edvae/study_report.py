@@ -5,7 +5,9 @@ A table names a metric (a key of eval.json, or of the generation stages: bits_pe
 fd_edvae_classifier, fid) and what its rows and columns are: `method` (the entry), `dataset`, or a
 swept config key; `sweep: i` keeps the runs of one sweep. Runs that differ in anything else (a
 data set, another swept key) get a table each. Figures: `curves` (metrics over training, from each
-run's metrics.jsonl, one line per seed) and `sweep` (a metric against a swept key, mean +- std).
+run's metrics.jsonl, one line per seed), `sweep` (a metric against a swept key, mean +- std) and
+`maps` (per-position maps over training, e.g. the entropy of pi of one test image: the paper's
+Figure 2b; one row per entry, its first run, one colour scale).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .checkpoint import atomic_write_text
 
 CURVE_KEYS = ("test_perplexity", "test_mse", "test_entropy_mean", "test_entropy_std", "test_uncertainty",
               "batch_perplexity", "loss", "mse", "kl", "lr", "temperature", "beta")
+MAP_KEYS = ("test_entropy_map",)  # logged as (h, w) lists
 PRIOR_EVAL = "prior/prior_eval.json"
 FD_FILES = ("fd-classifier.json", "fid-inception.json")  # `edvae fid -o`: {"metric": ..., "value": ...}
 NAMES = {"perplexity": "perplexity", "mse": "MSE", "used_codes": "used codes",
@@ -38,7 +41,8 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 
 def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
-    """{key: [[step, value], ...]} for the CURVE_KEYS a run's metrics.jsonl holds."""
+    """{key: [[step, value], ...]} for the CURVE_KEYS (numbers) and MAP_KEYS (lists) a run's
+    metrics.jsonl holds."""
     path = run_dir / "metrics.jsonl"
     curves: dict[str, list[list[float]]] = {}
     if not path.is_file():
@@ -48,6 +52,9 @@ def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
             row = json.loads(line)
             for key in CURVE_KEYS:
                 if isinstance(row.get(key), (int, float)):
+                    curves.setdefault(key, []).append([row["step"], row[key]])
+            for key in MAP_KEYS:
+                if isinstance(row.get(key), list):
                     curves.setdefault(key, []).append([row["step"], row[key]])
     return curves
 
@@ -176,6 +183,34 @@ def sweep_figure(path: Path, rows: list[dict[str, Any]], metric: str, axis: str,
     return True
 
 
+def maps_figure(path: Path, rows: list[dict[str, Any]], metric: str, title: str, columns: int = 6) -> bool:
+    """Each entry's first run: its maps at up to `columns` evenly spaced logged steps, one colour
+    scale over all; False when no run logged the metric."""
+    series = {}
+    for r in rows:
+        if r["curves"].get(metric) and r["entry"] not in series:
+            series[r["entry"]] = r["curves"][metric]
+    if not series:
+        return False
+    plt = _pyplot()
+    picked = {e: [s[round(i * (len(s) - 1) / max(columns - 1, 1))] for i in range(min(columns, len(s)))]
+              for e, s in series.items()}
+    vmax = max(max(max(line) for line in m) for maps in picked.values() for _, m in maps)
+    width = max(len(m) for m in picked.values())
+    fig, axes = plt.subplots(len(picked), width, figsize=(1.8 * width, 1.9 * len(picked)), squeeze=False)
+    for axes_row, (entry, maps) in zip(axes, picked.items(), strict=True):
+        for j, ax in enumerate(axes_row):
+            ax.axis("off")
+            if j < len(maps):
+                image = ax.imshow(maps[j][1], vmin=0, vmax=vmax, cmap="viridis")
+                ax.set_title(f"{entry}, step {maps[j][0]}", fontsize=7)
+    fig.colorbar(image, ax=list(axes.flat), shrink=0.8, label=metric)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def figures(out: Path, rows: list[dict[str, Any]], specs: list[dict[str, Any]]) -> list[str]:
     """Draw the study's figures, one per spec and data set; the file names written."""
     written = []
@@ -185,8 +220,11 @@ def figures(out: Path, rows: list[dict[str, Any]], specs: list[dict[str, Any]]) 
                        ("sweep" not in spec or spec["sweep"] in r.get("sweeps", []))]
             name = f"{spec.get('name', f'figure{i + 1}')}-{dataset}.png"
             title = f"{spec.get('title', '')} ({dataset})".strip()
-            if spec.get("kind", "curves") == "curves":
+            kind = spec.get("kind", "curves")
+            if kind == "curves":
                 ok = curves_figure(out / name, members, list(spec.get("metrics", ["test_perplexity"])), title)
+            elif kind == "maps":
+                ok = maps_figure(out / name, members, spec.get("metric", MAP_KEYS[0]), title)
             else:
                 ok = sweep_figure(out / name, members, spec["metric"], spec["axis"], title)
             if ok:

@@ -122,11 +122,16 @@ class VAESteps:
         if "counts" in sums:  # no codes in pretraining
             row["batch_perplexity"] = perplexity(sums["counts"])
         if t.eval_every and done > t.pretrain_steps and (done % t.eval_every == 0 or done == t.steps):
-            r = evaluate(self.model, self.test_set, t.eval_batch_size, limit=t.eval_subset, sampled=False)
+            r = evaluate(self.model, self.test_set, t.eval_batch_size, limit=t.eval_subset, sampled=False,
+                         keep_images=1)
             row["test_perplexity"], row["test_mse"] = r["perplexity"], r["mse"]
-            # the entropy of pi and the uncertainty over training (the paper's Figures 2a and 3)
+            # the entropy of pi and the uncertainty over training (the paper's Figures 2a and 3), and
+            # the per-position entropy of the first test image (Figure 2b; metrics.jsonl only)
             row["test_entropy_mean"], row["test_entropy_std"] = r["entropy_mean"], r["entropy_std"]
             row["test_uncertainty"] = r["uncertainty_mean"]
+            first = r["_images"]["entropy"]
+            if first is not None:
+                row["test_entropy_map"] = [[round(v, 5) for v in line] for line in first[0].tolist()]
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
