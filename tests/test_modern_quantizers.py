@@ -10,12 +10,13 @@ import sys
 
 import pytest
 import torch
+from roundtrip import assert_round_trip
 
-from edvae import checkpoint
 from edvae.cli import main
 from edvae.config import from_dict
 from edvae.model import DiscreteVAE
 from edvae.quantizers import build_quantizer
+from edvae.quantizers import nearest as nearest_module
 from edvae.quantizers.fsq import FSQQuantizer
 from edvae.quantizers.ibq import IBQQuantizer
 from edvae.quantizers.lfq import LFQQuantizer
@@ -276,6 +277,29 @@ def test_ibq_forward_is_the_hard_one_hot_and_the_gradient_the_softmax():
     assert (grad_c.abs().sum(1) > 0).all()  # every codeword receives gradient, chosen or not
 
 
+@pytest.mark.parametrize("chunk_values", [1 << 24, 16 * 7])  # one chunk of rows; 15 chunks of 7 rows
+@pytest.mark.parametrize("ties", [False, True])
+def test_ibq_training_indices_are_the_tokenizer_codes(monkeypatch, chunk_values, ties):
+    """The training forward pass takes its codes from the logits it builds when `codes` would
+    form them in one chunk, and `codes`'s chunks otherwise: both must be `codes`, ties included
+    (the lowest index)."""
+    monkeypatch.setattr(nearest_module, "_CHUNK_VALUES", chunk_values)
+    torch.manual_seed(0)
+    q = IBQQuantizer(16, 3)
+    z = torch.randn(3, 3, 5, 7)
+    if ties:  # integer features and codewords, the codewords twice: every maximum tied
+        with torch.no_grad():
+            q.codebook.copy_(torch.randint(-1, 2, (8, 3)).float().repeat(2, 1))
+        z = torch.randint(-2, 3, z.shape).float()
+    out = q(z.clone().requires_grad_())
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 3)
+    logits = flat @ q.codebook.detach().t()
+    assert torch.equal(out.indices.view(-1), logits.argmax(1))  # the first maximum
+    if ties:
+        assert (out.indices < 8).all()  # of two equal codewords, the lower index
+    assert torch.equal(out.indices, q.codes(z))
+
+
 def test_ibq_commitment_and_codebook_terms():
     torch.manual_seed(0)
     q = IBQQuantizer(16, 3, commitment=0.3, codebook=2.0)
@@ -345,17 +369,7 @@ def test_save_load_round_trip_and_encode_decode(tmp_path, name):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.eval()
-    checkpoint.save_model(tmp_path / checkpoint.MODEL_FILE, model, cfg.to_dict())
-    loaded = DiscreteVAE.load(tmp_path)
-    images = torch.randint(0, 256, (5, 1, 32, 32), dtype=torch.uint8)
-    codes = model.encode(images)
-    assert codes.shape == (5, 8, 8) and codes.dtype == torch.int64
-    assert torch.equal(codes, loaded.encode(images))
-    assert torch.equal(model.decode(codes), loaded.decode(codes))
-    with torch.no_grad():  # the model's own forward pass reads the same codes and decodes the same
-        x_hat, out = loaded(images.float() / 255 - 0.5)
-    assert torch.equal(out.indices, codes) and torch.equal(x_hat, loaded.decode(codes))
+    assert_round_trip(tmp_path, model, cfg)
 
 
 # ------------------------------------------------------------------ the command line

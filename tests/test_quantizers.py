@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -26,6 +27,44 @@ def test_contract_shapes_and_dtypes(name):
     # evaluation is hard: z_q is exactly the codebook row of each index
     torch.testing.assert_close(out.z_q, q.embed(out.indices))
     assert torch.equal(out.indices, q.codes(z))
+
+
+@pytest.mark.parametrize("name", sorted(QUANTIZERS))
+def test_input_is_checked_and_read_in_float32(name):
+    """Every method's one input check names the shape it expects; any float input is cast to
+    float32 before the numerics (bf16 autocast: test_modern_quantizers.py)."""
+    torch.manual_seed(0)
+    k, d, options = SIZES.get(name, (16, 3, {}))
+    q = build_quantizer(name, k, d, **options).eval()
+    c, kind = (k, "logits") if q.logit_input else (d, "features")
+    for bad in (torch.randn(2, c + 1, 4, 5), torch.randn(c, 4, 5)):
+        for call in (q, q.codes):
+            message = f"expected {kind} (B, {c}, h, w), got {tuple(bad.shape)}"
+            with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+                call(bad)
+    z = torch.randn(2, c, 4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        out, out32 = q(z), q(z.float())
+    assert out.z_q.dtype == torch.float32 and torch.equal(out.z_q, out32.z_q)
+    assert torch.equal(q.codes(z), q.codes(z.float()))
+
+
+def test_edvae_regulariser_traces_without_a_graph_break():
+    """On a CPU the clamp is skipped when no logit reaches it, which reads a value back to the host;
+    under torch.compile that read would break the graph every step, so there the clamp always runs."""
+    q = EvidentialQuantizer(8, 2, clamp_max=20.0)
+    z = (torch.randn(2, 8, 3, 3) * 4).requires_grad_()
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda t: q.regulariser(t).sum())(z)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(lambda t: q.regulariser(t).sum(), backend="aot_eager")
+    big = torch.tensor([30.0, 20.0, 0.0, -1.0]).view(1, 4, 1, 1).repeat(1, 2, 1, 1).requires_grad_()
+    for x in (z, big):  # nothing clamped, and logits above and at the clamp
+        value = compiled(x)
+        (grad,) = torch.autograd.grad(value, x)
+        eager = q.regulariser(x).sum()
+        assert torch.equal(value, eager) and torch.equal(grad, torch.autograd.grad(eager, x)[0])
+    torch._dynamo.reset()
 
 
 def test_unknown_method_is_a_clear_error():

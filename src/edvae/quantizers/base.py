@@ -29,6 +29,29 @@ def check_option(name: str, value: Any, ok: bool, requirement: str) -> None:
         raise ValueError(f"option {name} {requirement}, got {value!r}")
 
 
+def check_weights(**weights: Any) -> None:
+    """Each option (a loss weight) a finite number >= 0, or check_option's ValueError."""
+    for name, value in weights.items():
+        check_option(name, value, isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                     "must be a number >= 0")
+
+
+def check_codebook_shape(vectors: torch.Tensor, codebook: torch.Tensor) -> None:
+    """init_codebook's check: one vector per codeword, of the codewords' dimension."""
+    if tuple(vectors.shape) != tuple(codebook.shape):
+        raise ValueError(f"init_codebook expects {tuple(codebook.shape)} vectors, got {tuple(vectors.shape)}")
+
+
+def flatten(z: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) -> (B*h*w, D), positions in (b, y, x) order."""
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def unflatten(flat: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """(B*h*w, D) -> (B, D, h, w), with shape = (B, h, w)."""
+    return flat.view(*shape, flat.shape[1]).permute(0, 3, 1, 2)
+
+
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -45,6 +68,7 @@ class Quantizer(nn.Module):
     """Base class. Subclasses set `name`, `logit_input` and implement forward, codes and embed.
 
     `logit_input` quantizers (EdVAE, dVAE) read K channels of logits; the others read D channels.
+    Every method reads z_e through `_features` (or `_rows`): one shape check, then float32.
     Schedules (temperature, beta) are passed in by the caller as functions of the global step:
     a quantizer keeps no hidden step counter, so a resumed run continues exactly.
 
@@ -112,6 +136,26 @@ class Quantizer(nn.Module):
     def input_channels(self) -> int:
         return self.codebook_size if self.logit_input else self.codebook_dim
 
+    @property
+    def reports(self) -> bool:
+        """Whether this pass returns its indices and stats: always in evaluation, in training
+        when `reporting` is on."""
+        return self.reporting or not self.training
+
+    def _features(self, z_e: torch.Tensor) -> torch.Tensor:
+        """z_e, checked to be (B, input_channels, h, w), in float32: the numerics run in float32
+        even under autocast."""
+        c = self.input_channels
+        if z_e.dim() != 4 or z_e.shape[1] != c:
+            kind = "logits" if self.logit_input else "features"
+            raise ValueError(f"expected {kind} (B, {c}, h, w), got {tuple(z_e.shape)}")
+        return z_e.float()
+
+    def _rows(self, z_e: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """`_features(z_e)` as rows (B*h*w, C), and (B, h, w) to `unflatten` them."""
+        z = self._features(z_e)
+        return flatten(z), (z.shape[0], z.shape[2], z.shape[3])
+
     def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
                 beta: float = 0.0) -> QuantizerOutput:
         raise NotImplementedError
@@ -140,8 +184,7 @@ class Quantizer(nn.Module):
         p = self.probabilities(z_e)
         if p is None:
             return None
-        flat = p.permute(0, 2, 3, 1).reshape(-1, self.codebook_size)
-        drawn = torch.multinomial(flat, 1, generator=generator)
+        drawn = torch.multinomial(flatten(p), 1, generator=generator)
         return drawn.view(p.shape[0], p.shape[2], p.shape[3])
 
     def uncertainty(self, z_e: torch.Tensor) -> torch.Tensor | None:
@@ -161,9 +204,7 @@ class Quantizer(nn.Module):
         codebook = getattr(self, "codebook", None)
         if self.logit_input or not isinstance(codebook, torch.Tensor):
             raise ValueError(f"{self.name} has no codebook that encoder outputs can initialise")
-        if tuple(vectors.shape) != tuple(codebook.shape):
-            raise ValueError(f"init_codebook expects {tuple(codebook.shape)} vectors, "
-                             f"got {tuple(vectors.shape)}")
+        check_codebook_shape(vectors, codebook)
         codebook.copy_(vectors.to(codebook.dtype))
 
     def reconstruction_loss(self, x_hat: torch.Tensor, x: torch.Tensor,

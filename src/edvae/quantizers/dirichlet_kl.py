@@ -116,8 +116,10 @@ class _EvidentialKL(torch.autograd.Function):
         z = logits.float()
         clamped = None
         # on a CPU, reading amax back is free and saves two passes when nothing is clamped; on an
-        # accelerator it would be a host-device sync every step, so there the clamp always runs
-        if clamp_max is not None and (z.device.type != "cpu" or bool(z.amax() > clamp_max)):
+        # accelerator it would be a host-device sync every step, and under torch.compile a graph
+        # break, so there the clamp always runs (clamping values below the maximum is the identity)
+        if clamp_max is not None and (z.device.type != "cpu" or torch.compiler.is_compiling()
+                                      or bool(z.amax() > clamp_max)):
             clamped = z > clamp_max  # evidence is constant there: no gradient (not at == clamp_max)
             z = z.clamp(max=clamp_max)
         e = z.exp()

@@ -51,12 +51,10 @@ class EvidentialQuantizer(LogitCodebookQuantizer):
 
     def log_weights_and_regulariser(self, logits: torch.Tensor,
                                     value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.dirichlet_sample:
-            return self.dirichlet_log_weights(logits), evidential_log_alpha_and_kl(
-                logits, self.clamp_max, dim=1, value=value)[1]
         # log pi = log alpha - log S; the softmax that follows removes log S. The clamp, the
         # exponential and their gradients are shared with the KL.
-        return evidential_log_alpha_and_kl(logits, self.clamp_max, dim=1, value=value)
+        log_alpha, kl = evidential_log_alpha_and_kl(logits, self.clamp_max, dim=1, value=value)
+        return (self.dirichlet_log_weights(logits) if self.dirichlet_sample else log_alpha), kl
 
     def uncertainty(self, logits: torch.Tensor) -> torch.Tensor:
         """Evidential uncertainty u = K / S per position (Sensoy et al. 2018)."""

@@ -32,8 +32,7 @@ import math
 
 import torch
 
-from .base import Quantizer, QuantizerOutput, check_option
-from .nearest import flatten, unflatten
+from .base import Quantizer, QuantizerOutput, check_option, unflatten
 
 BOUND_EPS = 1e-3  # the reference code's eps in bound()
 
@@ -99,11 +98,6 @@ class FSQQuantizer(Quantizer):
         self.register_buffer("_levels", lv.long(), persistent=False)
         self.register_buffer("_basis", basis, persistent=False)
 
-    def _features(self, z_e: torch.Tensor) -> torch.Tensor:
-        if z_e.dim() != 4 or z_e.shape[1] != self.codebook_dim:
-            raise ValueError(f"expected features (B, {self.codebook_dim}, h, w), got {tuple(z_e.shape)}")
-        return z_e.float()
-
     def bound(self, flat: torch.Tensor) -> torch.Tensor:
         """(N, d) -> (N, d) in (-half_l - offset, half_l - offset), float32."""
         return torch.tanh(flat + self._shift) * self._half_l - self._offset
@@ -116,23 +110,20 @@ class FSQQuantizer(Quantizer):
     def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
                 beta: float = 0.0) -> QuantizerOutput:
         """temperature and beta are not used (no KL term, nothing sampled)."""
-        z = self._features(z_e)
-        b, _, h, w = z.shape
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            bounded = self.bound(flatten(z))
+        flat, shape = self._rows(z_e)
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            bounded = self.bound(flat)
             rounded = bounded.detach().round()
             # value round(bound(z)) / floor(L/2) exactly; gradient through bound (straight-through)
             z_q = (rounded + (bounded - bounded.detach())) / self._half_width
-            report = self.reporting or not self.training
-            indices = self._index(rounded).view(b, h, w) if report else None
-        return QuantizerOutput(z_q=unflatten(z_q, b, h, w), loss=z.new_zeros(()), indices=indices, stats={})
+            indices = self._index(rounded).view(shape) if self.reports else None
+        return QuantizerOutput(z_q=unflatten(z_q, shape), loss=flat.new_zeros(()), indices=indices, stats={})
 
     @torch.no_grad()
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:
-        z = self._features(z_e)
-        b, _, h, w = z.shape
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return self._index(self.bound(flatten(z)).round()).view(b, h, w)
+        flat, shape = self._rows(z_e)
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            return self._index(self.bound(flat).round()).view(shape)
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         """Codes (B, h, w) -> the grid points (B, d, h, w) in [-1, 1]."""

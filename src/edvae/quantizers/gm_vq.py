@@ -51,6 +51,7 @@ from ..distributed import all_reduce_sum_, is_distributed
 from .base import (
     QuantizerOutput,
     check_option,
+    flatten,
     gumbel_noise_like,
     is_int,
     is_real,
@@ -59,7 +60,6 @@ from .base import (
 )
 from .gm_vq_init import encoder_spread, kmeans_codebook, ml_prior_variance
 from .gumbel_vq import GumbelVQQuantizer
-from .nearest import flatten
 
 LATENT_TERMS = ("cross_entropy", "kl")
 VARIANCE_FORMS = ("distance", "paper")
@@ -119,7 +119,6 @@ class GMVQQuantizer(GumbelVQQuantizer):
     training, the mean of the most probable component at evaluation."""
 
     name = "gm-vq"
-    logit_input = False
     # No beta is published for GM-VQ. 5e-5 is the EdVAE paper's weight of dVAE's KL of a softmax to
     # the uniform prior (Appendix D, all datasets), the same kind of term (docs/gm-vq.md, section 4).
     default_beta_max = 5e-5
@@ -204,10 +203,7 @@ class GMVQQuantizer(GumbelVQQuantizer):
     def init_codebook(self, vectors: torch.Tensor) -> None:
         """Set the codebook to `vectors` (K, D) and mark the K-means initialisation done, so the
         first training pass does not redo it (train.pretrain_steps, kmeans.py)."""
-        if tuple(vectors.shape) != tuple(self.codebook.shape):
-            raise ValueError(f"init_codebook expects {tuple(self.codebook.shape)} vectors, "
-                             f"got {tuple(vectors.shape)}")
-        self.codebook.copy_(vectors.to(self.codebook.device, self.codebook.dtype))
+        super().init_codebook(vectors)
         self.set_flag("kmeans_done")
 
     def initialised(self) -> bool:
@@ -274,6 +270,6 @@ class GMVQQuantizer(GumbelVQQuantizer):
             categorical = kl_to_uniform(aggregated_posterior(q, global_batch=self.training))
             latent = (q * self.latent_kl(var)).sum(1).mean()  # E_q(c|x) of the latent term
             loss = beta * (categorical + self.gamma * latent)
-        if self.reporting or not self.training:
+        if self.reports:
             stats.update({"kl": categorical.detach(), "latent_kl": latent.detach()})
         return QuantizerOutput(z_q=z_q, loss=loss, indices=indices, stats=stats)

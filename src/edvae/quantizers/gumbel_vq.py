@@ -37,11 +37,6 @@ class GumbelVQQuantizer(Quantizer):
         # the codebook (K x D), initialised N(0, 1) as for every non-EMA method (protocol.md)
         self.codebook = nn.Parameter(torch.randn(codebook_size, codebook_dim))
 
-    def _features(self, z_e: torch.Tensor) -> torch.Tensor:
-        if z_e.dim() != 4 or z_e.shape[1] != self.codebook_dim:
-            raise ValueError(f"expected features (B, {self.codebook_dim}, h, w), got {tuple(z_e.shape)}")
-        return z_e.float()  # numerics in float32 even under autocast
-
     def distances(self, z: torch.Tensor) -> torch.Tensor:
         """Squared distances ||z - e_k||^2, (B, D, h, w) -> (B, K, h, w), float32.
 
@@ -84,8 +79,7 @@ class GumbelVQQuantizer(Quantizer):
                 y = one_hot_channels(indices, self.codebook_size, logits.dtype)
             z_q = torch.einsum("bkhw,kd->bdhw", y, self.codebook.float())
             loss, stats = self.latent_loss(z, z_q, logits, beta)
-        return QuantizerOutput(z_q=z_q, loss=loss, indices=indices,
-                               stats=stats if self.reporting or not self.training else {})
+        return QuantizerOutput(z_q=z_q, loss=loss, indices=indices, stats=stats if self.reports else {})
 
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:
         """The nearest codeword (argmax of the logits), (B, h, w) int64."""

@@ -25,23 +25,17 @@ on every rank.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput, check_option
-from .nearest import flatten, unflatten
-
-_CHUNK_VALUES = 1 << 24  # positions x K logits per chunk in `codes`, as nearest.py
+from .base import Quantizer, QuantizerOutput, check_weights, unflatten
+from .nearest import best_per_row, chunk_rows
 
 
 @torch.no_grad()
 def _argmax_dot(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """argmax_k flat . e_k per row, (N,) int64, in chunks of rows (ties: the lowest index)."""
-    rows = max(1, _CHUNK_VALUES // codebook.shape[0])
-    parts = [(part @ codebook.t()).argmax(1) for part in flat.split(rows)]
-    return torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.int64)
+    return best_per_row(flat, codebook.shape[0], lambda part: (part @ codebook.t()).argmax(1))
 
 
 class IBQQuantizer(Quantizer):
@@ -53,27 +47,22 @@ class IBQQuantizer(Quantizer):
                  commitment: float = 0.25,  # VQ-VAE's beta (unverified for IBQ)
                  codebook: float = 1.0):  # weight of the codebook term (VQ-VAE's; unverified for IBQ)
         super().__init__(codebook_size, codebook_dim, eval_mode)
-        for key, value in (("commitment", commitment), ("codebook", codebook)):
-            check_option(key, value, isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
-                         "must be a number >= 0")
+        check_weights(commitment=commitment, codebook=codebook)
         self.commitment, self.codebook_weight = float(commitment), float(codebook)
         self.codebook = nn.Parameter(torch.randn(codebook_size, codebook_dim))  # N(0, 1)
-
-    def _features(self, z_e: torch.Tensor) -> torch.Tensor:
-        if z_e.dim() != 4 or z_e.shape[1] != self.codebook_dim:
-            raise ValueError(f"expected features (B, {self.codebook_dim}, h, w), got {tuple(z_e.shape)}")
-        return z_e.float()
 
     def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
                 beta: float = 0.0) -> QuantizerOutput:
         """temperature and beta are not used (the method's softmax has no temperature here)."""
-        z = self._features(z_e)
-        b, _, h, w = z.shape
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            flat = flatten(z)
+        flat, shape = self._rows(z_e)
+        with torch.autocast(device_type=flat.device.type, enabled=False):
             codebook = self.codebook.float()
             logits = flat @ codebook.t()  # (N, K)
-            indices = _argmax_dot(flat.detach(), codebook.detach())  # as `codes` computes them
+            if flat.shape[0] <= chunk_rows(self.codebook_size):
+                # `codes` forms this very product in one chunk: the same argmax, bit for bit
+                indices = logits.detach().argmax(1)
+            else:  # `codes`'s chunks, whose products may round otherwise than the whole one
+                indices = _argmax_dot(flat.detach(), codebook.detach())
             e = codebook[indices]
             if torch.is_grad_enabled():
                 p = torch.softmax(logits, dim=1)
@@ -82,18 +71,17 @@ class IBQQuantizer(Quantizer):
                 z_q = e
             commit = (flat - e.detach()).pow(2).mean()
             loss = self.commitment * commit + self.codebook_weight * (flat.detach() - e).pow(2).mean()
-        report = self.reporting or not self.training
+        report = self.reports
         stats = {"commitment": commit.detach()} if report else {}
-        return QuantizerOutput(z_q=unflatten(z_q, b, h, w), loss=loss,
-                               indices=indices.view(b, h, w) if report else None, stats=stats)
+        return QuantizerOutput(z_q=unflatten(z_q, shape), loss=loss,
+                               indices=indices.view(shape) if report else None, stats=stats)
 
     @torch.no_grad()
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:
         """argmax_k z . e_k per position, (B, h, w) int64, in float32."""
-        z = self._features(z_e)
-        b, _, h, w = z.shape
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return _argmax_dot(flatten(z), self.codebook.float()).view(b, h, w)
+        flat, shape = self._rows(z_e)
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            return _argmax_dot(flat, self.codebook.float()).view(shape)
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         return self.codebook.float()[indices].permute(0, 3, 1, 2)

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from ..distributed import all_gather_cat, all_reduce_sum_, broadcast_, rank
-from .nearest import cluster_stats, flatten, nearest
+from .base import flatten, is_int
+from .nearest import cluster_stats, nearest
 
 # training batches whose encoder outputs the codebook is initialised from (ours: with 8x8 latents
 # and batch 128, 4 batches give 32768 vectors, 64 per code of a 512-code book)
@@ -53,7 +54,7 @@ class KMeansResult:
 def _check(points: torch.Tensor, k: int) -> torch.Tensor:
     if points.dim() != 2:
         raise ValueError(f"points must be (N, D), got shape {tuple(points.shape)}")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return points.detach().float()
 
@@ -123,7 +124,7 @@ def lloyd_steps(points: torch.Tensor, centroids: torch.Tensor, iters: int,
     empty centres relocated (or, without `relocate_empty`, left where they are); stops early once
     no centre moves."""
     points = _check(points, centroids.shape[0])
-    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
+    if not is_int(iters) or iters < 0:
         raise ValueError(f"iters must be an integer >= 0, got {iters!r}")
     k = centroids.shape[0]
     with torch.autocast(device_type=points.device.type, enabled=False):
@@ -131,9 +132,7 @@ def lloyd_steps(points: torch.Tensor, centroids: torch.Tensor, iters: int,
         done = 0
         for _ in range(iters):
             indices = nearest(points, centres)
-            counts, sums = cluster_stats(points, indices, k)
-            all_reduce_sum_(counts)  # the statistics of all ranks' points
-            all_reduce_sum_(sums)
+            counts, sums = cluster_stats(points, indices, k)  # of all ranks' points
             used = counts > 0
             new = centres.clone()
             new[used] = sums[used] / counts[used, None]
@@ -148,7 +147,6 @@ def lloyd_steps(points: torch.Tensor, centroids: torch.Tensor, iters: int,
         indices = nearest(points, centres)
         counts, _ = cluster_stats(points, indices, k)
         inertia = _squared_distances(points, centres[indices]).sum().view(1)
-        all_reduce_sum_(counts)
         all_reduce_sum_(inertia)
     return KMeansResult(centroids=centres, counts=counts, inertia=float(inertia), iterations=done)
 

@@ -29,8 +29,7 @@ import math
 import torch
 
 from ..distributed import all_reduce_sum_, world_size
-from .base import Quantizer, QuantizerOutput, check_option
-from .nearest import flatten, unflatten
+from .base import Quantizer, QuantizerOutput, check_option, check_weights, unflatten
 
 
 def lfq_codebook(d: int, device=None) -> torch.Tensor:
@@ -66,9 +65,7 @@ class LFQQuantizer(Quantizer):
                  entropy_temperature: float = 1.0):  # softmax of -distance as defined (unverified)
         super().__init__(codebook_size, codebook_dim, eval_mode)
         _check_size(codebook_size, codebook_dim)
-        for key, value in (("entropy", entropy), ("commitment", commitment)):
-            check_option(key, value, isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
-                         "must be a number >= 0")
+        check_weights(entropy=entropy, commitment=commitment)
         check_option("entropy_temperature", entropy_temperature,
                      isinstance(entropy_temperature, (int, float)) and math.isfinite(entropy_temperature)
                      and entropy_temperature > 0, "must be a number > 0")
@@ -76,11 +73,6 @@ class LFQQuantizer(Quantizer):
         self.entropy_temperature = float(entropy_temperature)
         self.register_buffer("_codes", lfq_codebook(codebook_dim), persistent=False)  # (K, d)
         self.register_buffer("_bits", 2 ** torch.arange(codebook_dim), persistent=False)
-
-    def _features(self, z_e: torch.Tensor) -> torch.Tensor:
-        if z_e.dim() != 4 or z_e.shape[1] != self.codebook_dim:
-            raise ValueError(f"expected features (B, {self.codebook_dim}, h, w), got {tuple(z_e.shape)}")
-        return z_e.float()
 
     def _index(self, flat: torch.Tensor) -> torch.Tensor:
         return ((flat > 0).long() * self._bits).sum(1)
@@ -105,15 +97,13 @@ class LFQQuantizer(Quantizer):
     def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
                 beta: float = 0.0) -> QuantizerOutput:
         """temperature and beta are not used (the trainer's schedules; LFQ has its own weights)."""
-        z = self._features(z_e)
-        b, _, h, w = z.shape
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            flat = flatten(z)
+        flat, shape = self._rows(z_e)
+        with torch.autocast(device_type=flat.device.type, enabled=False):
             q = torch.where(flat > 0, 1.0, -1.0)
             z_q = q + (flat - flat.detach()) if flat.requires_grad else q  # value q; straight-through
             commit = (flat - q).pow(2).mean()
             loss = self.commitment * commit
-            report = self.reporting or not self.training
+            report = self.reports
             stats = {}
             if self.entropy:
                 per_position, codebook = self.entropy_terms(flat)
@@ -122,14 +112,13 @@ class LFQQuantizer(Quantizer):
                     stats = {"entropy": per_position.detach(), "codebook_entropy": codebook.detach()}
             if report:
                 stats["commitment"] = commit.detach()
-            indices = self._index(flat.detach()).view(b, h, w) if report else None
-        return QuantizerOutput(z_q=unflatten(z_q, b, h, w), loss=loss, indices=indices, stats=stats)
+            indices = self._index(flat.detach()).view(shape) if report else None
+        return QuantizerOutput(z_q=unflatten(z_q, shape), loss=loss, indices=indices, stats=stats)
 
     @torch.no_grad()
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:
-        z = self._features(z_e)
-        b, _, h, w = z.shape
-        return self._index(flatten(z)).view(b, h, w)
+        flat, shape = self._rows(z_e)
+        return self._index(flat).view(shape)
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         """Codes (B, h, w) -> their sign vectors (B, d, h, w)."""

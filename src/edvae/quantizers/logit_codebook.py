@@ -37,14 +37,9 @@ class LogitCodebookQuantizer(Quantizer):
         as long as its gradient is exact."""
         raise NotImplementedError
 
-    def _select_logits(self, z_e: torch.Tensor) -> torch.Tensor:
-        if z_e.dim() != 4 or z_e.shape[1] != self.codebook_size:
-            raise ValueError(f"expected logits (B, {self.codebook_size}, h, w), got {tuple(z_e.shape)}")
-        return z_e.float()  # numerics in float32 even under autocast
-
     def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
                 beta: float = 0.0) -> QuantizerOutput:
-        logits = self._select_logits(z_e)
+        logits = self._features(z_e)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             if self.training:
                 log_w, kl = self.log_weights_and_regulariser(logits, value=self.reporting)
@@ -56,13 +51,11 @@ class LogitCodebookQuantizer(Quantizer):
                 y = one_hot_channels(indices, self.codebook_size, logits.dtype)
             z_q = torch.einsum("bkhw,kd->bdhw", y, self.codebook.float())
             kl = kl.mean()
-        return QuantizerOutput(
-            z_q=z_q, loss=beta * kl, indices=indices,
-            stats={"kl": kl.detach()} if self.reporting or not self.training else {},
-        )
+        return QuantizerOutput(z_q=z_q, loss=beta * kl, indices=indices,
+                               stats={"kl": kl.detach()} if self.reports else {})
 
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:
-        return self._select_logits(z_e).argmax(1)
+        return self._features(z_e).argmax(1)
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         return self.codebook[indices].permute(0, 3, 1, 2)

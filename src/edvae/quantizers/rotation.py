@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from .base import check_option
+
 GRADIENTS = ("ste", "rotation")
 _EPS = 1e-6  # norms below this count as degenerate
 
@@ -46,6 +48,12 @@ def rotation_trick(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         rotated = e - 2.0 * r * (r * e).sum(1, keepdim=True) + 2.0 * q_hat * (e_hat * e).sum(1, keepdim=True)
         moved = torch.where(ok, scale * rotated, e)  # straight-through where R is undefined
         return qd + (moved - moved.detach())
+
+
+def check_gradient(gradient: str) -> str:
+    """The option `gradient` of the quantizers that offer the rotation trick, checked."""
+    check_option("gradient", gradient, gradient in GRADIENTS, f"must be one of {', '.join(GRADIENTS)}")
+    return gradient
 
 
 def straight_through_to(e: torch.Tensor, q: torch.Tensor, gradient: str) -> torch.Tensor:

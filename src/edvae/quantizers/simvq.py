@@ -31,25 +31,22 @@ import math
 import torch
 from torch import nn
 
-from .base import QuantizerOutput, check_option
-from .nearest import NearestCodewordQuantizer, flatten, nearest, unflatten
-from .rotation import GRADIENTS, straight_through_to
+from .base import QuantizerOutput, check_codebook_shape, check_weights, unflatten
+from .nearest import NearestCodewordQuantizer, nearest
+from .rotation import check_gradient, straight_through_to
 
 
 class SimVQQuantizer(NearestCodewordQuantizer):
     name = "simvq"
-    default_beta_max = 0.0  # no KL term: the trainer's beta is ignored
 
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
                  commitment: float = 0.25,  # VQ-VAE's beta (unverified for SimVQ)
                  codebook: float = 1.0,  # weight of the codebook term (VQ-VAE's)
                  gradient: str = "ste"):  # "ste" (the paper's) or "rotation" (rotation.py)
         super().__init__(codebook_size, codebook_dim, eval_mode)
-        for key, value in (("commitment", commitment), ("codebook", codebook)):
-            check_option(key, value, isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
-                         "must be a number >= 0")
-        check_option("gradient", gradient, gradient in GRADIENTS, f"must be one of {', '.join(GRADIENTS)}")
-        self.commitment, self.codebook_weight, self.gradient = float(commitment), float(codebook), gradient
+        check_weights(commitment=commitment, codebook=codebook)
+        self.gradient = check_gradient(gradient)
+        self.commitment, self.codebook_weight = float(commitment), float(codebook)
         k, d = codebook_size, codebook_dim
         self.register_buffer("frozen_codebook", torch.randn(k, d) * d ** -0.5)  # C, never trained
         bound = 1.0 / math.sqrt(d)
@@ -63,26 +60,22 @@ class SimVQQuantizer(NearestCodewordQuantizer):
     @torch.no_grad()
     def init_codebook(self, vectors: torch.Tensor) -> None:
         """C <- vectors (K, D) and W <- I, so that the codebook in use starts at `vectors`."""
-        if tuple(vectors.shape) != tuple(self.frozen_codebook.shape):
-            raise ValueError(f"init_codebook expects {tuple(self.frozen_codebook.shape)} vectors, "
-                             f"got {tuple(vectors.shape)}")
+        check_codebook_shape(vectors, self.frozen_codebook)
         self.frozen_codebook.copy_(vectors.to(self.frozen_codebook))
         self.projection.copy_(torch.eye(self.codebook_dim, device=self.projection.device))
 
     def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
                 beta: float = 0.0) -> QuantizerOutput:
         """temperature and beta are not used (a deterministic quantizer without KL term)."""
-        z = self._features(z_e)
-        b, _, h, w = z.shape
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            flat = flatten(z)
+        flat, shape = self._rows(z_e)
+        with torch.autocast(device_type=flat.device.type, enabled=False):
             codebook = self.effective_codebook()
             indices = nearest(flat.detach(), codebook.detach())
             q = codebook[indices]
             commit = (flat - q.detach()).pow(2).mean()
             loss = self.commitment * commit + self.codebook_weight * (flat.detach() - q).pow(2).mean()
             z_q = straight_through_to(flat, q.detach(), self.gradient) if flat.requires_grad else q
-        report = self.reporting or not self.training
+        report = self.reports
         stats = {"commitment": commit.detach()} if report else {}
-        return QuantizerOutput(z_q=unflatten(z_q, b, h, w), loss=loss,
-                               indices=indices.view(b, h, w) if report else None, stats=stats)
+        return QuantizerOutput(z_q=unflatten(z_q, shape), loss=loss,
+                               indices=indices.view(shape) if report else None, stats=stats)

@@ -38,21 +38,13 @@ import math
 
 import torch
 
-from ..distributed import all_reduce_sum_
-from .base import QuantizerOutput, check_option, is_real
-from .nearest import (
-    NearestCodewordQuantizer,
-    cluster_stats,
-    flatten,
-    nearest,
-    unflatten,
-)
-from .rotation import GRADIENTS, rotation_trick
+from .base import QuantizerOutput, check_option, is_real, unflatten
+from .nearest import NearestCodewordQuantizer, cluster_stats, nearest
+from .rotation import check_gradient, straight_through_to
 
 
 class EMAVQQuantizer(NearestCodewordQuantizer):
     name = "vq-ema"
-    default_beta_max = 0.0  # no KL term: the trainer's beta is ignored
 
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
                  commitment: float = 0.25,  # beta_c: van den Oord et al. 2017 sec. 3.2; EdVAE App. D
@@ -60,8 +52,7 @@ class EMAVQQuantizer(NearestCodewordQuantizer):
                  eps: float = 1e-5,  # Laplace smoothing: the reference code's epsilon (baselines.md)
                  gradient: str = "ste"):  # "ste" (the paper's) or "rotation" (rotation.py)
         super().__init__(codebook_size, codebook_dim, eval_mode)
-        check_option("gradient", gradient, gradient in GRADIENTS, f"must be one of {', '.join(GRADIENTS)}")
-        self.gradient = gradient
+        self.gradient = check_gradient(gradient)
         check_option("commitment", commitment, is_real(commitment) and commitment >= 0, "must be >= 0")
         check_option("decay", decay, is_real(decay) and 0 < decay < 1, "must be in (0, 1)")
         check_option("eps", eps, is_real(eps) and eps > 0, "must be > 0")
@@ -89,9 +80,7 @@ class EMAVQQuantizer(NearestCodewordQuantizer):
     @torch.no_grad()
     def ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
         """One EMA step from the rows `flat` (N, D) assigned to `indices` (N,)."""
-        counts, sums = cluster_stats(flat, indices, self.codebook_size)
-        all_reduce_sum_(counts)  # the global batch's statistics, before the update
-        all_reduce_sum_(sums)
+        counts, sums = cluster_stats(flat, indices, self.codebook_size)  # the global batch's
         g = self.decay
         self.ema_count.mul_(g).add_(counts, alpha=1.0 - g)
         self.ema_sum.mul_(g).add_(sums, alpha=1.0 - g)
@@ -108,21 +97,15 @@ class EMAVQQuantizer(NearestCodewordQuantizer):
     def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
                 beta: float = 0.0) -> QuantizerOutput:
         """temperature and beta are not used (a deterministic quantizer without KL term)."""
-        z = self._features(z_e)
-        b, _, h, w = z.shape
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            flat = flatten(z)
+        flat, shape = self._rows(z_e)
+        with torch.autocast(device_type=flat.device.type, enabled=False):
             indices = nearest(flat.detach(), self.codebook)
             e = self.codebook[indices]  # a copy: the codewords before this step's update
             if self.training:
                 self.ema_update(flat.detach(), indices)
             sq_err = (flat - e).pow(2).mean()  # e is a buffer: the gradient goes to z_e only
-            if not flat.requires_grad:
-                z_q = e
-            elif self.gradient == "rotation":
-                z_q = rotation_trick(flat, e)  # value e; gradient (|e_k|/|z|) R^T g
-            else:
-                z_q = flat + (e - flat).detach()
-        stats = {"commitment": sq_err.detach()} if self.reporting or not self.training else {}
-        return QuantizerOutput(z_q=unflatten(z_q, b, h, w), loss=self.commitment * sq_err,
-                               indices=indices.view(b, h, w), stats=stats)
+            # value e; the gradient straight through, or the rotation trick's (|e_k|/|z|) R^T g
+            z_q = straight_through_to(flat, e, self.gradient) if flat.requires_grad else e
+        stats = {"commitment": sq_err.detach()} if self.reports else {}
+        return QuantizerOutput(z_q=unflatten(z_q, shape), loss=self.commitment * sq_err,
+                               indices=indices.view(shape), stats=stats)

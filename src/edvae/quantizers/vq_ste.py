@@ -51,23 +51,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..distributed import all_gather_cat, all_reduce_sum_, broadcast_, rank
-from .base import QuantizerOutput, check_option, is_int, is_real
+from ..distributed import all_gather_cat, broadcast_, rank
+from .base import QuantizerOutput, check_codebook_shape, check_option, is_int, is_real, unflatten
 from .kmeans import lloyd_steps
-from .nearest import (
-    NearestCodewordQuantizer,
-    cluster_stats,
-    flatten,
-    nearest,
-    random_rows,
-    unflatten,
-)
-from .rotation import GRADIENTS, rotation_trick
+from .nearest import NearestCodewordQuantizer, cluster_stats, nearest, random_rows
+from .rotation import check_gradient, straight_through_to
 
 
 class STEVQQuantizer(NearestCodewordQuantizer):
     name = "vq-ste++"
-    default_beta_max = 0.0  # no KL term: the trainer's beta is ignored
 
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
                  commitment: float = 10.0,  # overall weight: alpha = 10 in vqtorch examples/simple.py
@@ -81,8 +73,7 @@ class STEVQQuantizer(NearestCodewordQuantizer):
                  kmeans_init_iters: int = 10,  # vqtorch README (kmeans_init=True); 10 Lloyd steps: ours
                  gradient: str = "ste"):  # "ste" (the paper's) or "rotation" (rotation.py)
         super().__init__(codebook_size, codebook_dim, eval_mode)
-        check_option("gradient", gradient, gradient in GRADIENTS, f"must be one of {', '.join(GRADIENTS)}")
-        self.gradient = gradient
+        self.gradient = check_gradient(gradient)
         k, d = codebook_size, codebook_dim
         check_option("commitment", commitment, is_real(commitment) and commitment >= 0, "must be >= 0")
         check_option("commitment_split", commitment_split,
@@ -146,9 +137,7 @@ class STEVQQuantizer(NearestCodewordQuantizer):
         """Make the effective codewords equal `vectors` (K, D) (through the affine map), mark the
         K-means initialisation done (the first forward pass does not redo it) and restart the
         dead-code counters."""
-        if tuple(vectors.shape) != tuple(self.codebook.shape):
-            raise ValueError(f"init_codebook expects {tuple(self.codebook.shape)} vectors, "
-                             f"got {tuple(vectors.shape)}")
+        check_codebook_shape(vectors, self.codebook)
         self._set_codes(torch.arange(self.codebook_size, device=self.codebook.device),
                         vectors.to(self.codebook.device).float())
         self.set_flag("kmeans_done")
@@ -205,10 +194,8 @@ class STEVQQuantizer(NearestCodewordQuantizer):
     def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
                 beta: float = 0.0) -> QuantizerOutput:
         """temperature and beta are not used (a deterministic quantizer without KL term)."""
-        z = self._features(z_e)
-        b, _, h, w = z.shape
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            flat = flatten(z)
+        flat, shape = self._rows(z_e)
+        with torch.autocast(device_type=flat.device.type, enabled=False):
             if self.training:
                 # every in-place change of the codebook happens here, before the graph uses it
                 if self.kmeans_init_iters and not self.is_flag_set("kmeans_done"):
@@ -218,8 +205,6 @@ class STEVQQuantizer(NearestCodewordQuantizer):
                     indices = nearest(flat, current)
                     if self.inner_lr or self.dead_after:
                         counts, sums = cluster_stats(flat, indices, self.codebook_size)
-                        all_reduce_sum_(counts)
-                        all_reduce_sum_(sums)
                         if self.inner_lr:
                             self._inner_step(counts, sums, current)
                         if self.dead_after:
@@ -234,15 +219,12 @@ class STEVQQuantizer(NearestCodewordQuantizer):
             loss = self.commitment * ((1.0 - split) * (flat - e.detach()).pow(2).mean()
                                       + split * (flat.detach() - e).pow(2).mean())
             if torch.is_grad_enabled():
-                if self.gradient == "rotation":
-                    z_q = rotation_trick(flat, e)  # value e; gradient (|e_k|/|z|) R^T g
-                else:
-                    z_q = flat + (e - flat).detach()
+                # value e; the gradient straight through, or the rotation trick's (|e_k|/|z|) R^T g
+                z_q = straight_through_to(flat, e, self.gradient)
                 if self.sync_nu:
                     sync = self.sync_nu * e
                     z_q = z_q + (sync - sync.detach())  # exactly 0 forward: the value is unchanged
             else:
                 z_q = e
-        stats = {"commitment": sq_err} if self.reporting or not self.training else {}
-        return QuantizerOutput(z_q=unflatten(z_q, b, h, w), loss=loss, indices=indices.view(b, h, w),
-                               stats=stats)
+        stats = {"commitment": sq_err} if self.reports else {}
+        return QuantizerOutput(z_q=unflatten(z_q, shape), loss=loss, indices=indices.view(shape), stats=stats)
