@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import pickle
 import struct
 import sys
 import tarfile
@@ -158,61 +157,135 @@ def test_extract_tar_refuses_unsafe_paths(tmp_path):
     assert not (tmp_path / "evil.txt").exists()
 
 
-# ---------------------------------------------------------------- CIFAR-10
+# ---------------------------------------------------------------- CIFAR-10 (binary version)
+
+CIFAR_BATCHES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+
+
+def cifar_record(label: int, pixel) -> bytes:
+    """One record built byte by byte: the label, then pixel(c, y, x) for c = R, G, B, rows, columns."""
+    return bytes([label] + [pixel(c, y, x) for c in range(3) for y in range(32) for x in range(32)])
 
 
 def write_cifar(folder: Path, n: int = 2) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """All six batch files with n random records each; returns the (n, 3, 32, 32) images and labels."""
     folder.mkdir(parents=True)
     batches = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = RNG.integers(0, 256, (n, 3072), dtype=np.uint8)
+    for name in CIFAR_BATCHES:
+        images = RNG.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
         labels = RNG.integers(0, 10, n).tolist()
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * n}, f, protocol=2)
-        batches[name] = data, labels
+        data = b"".join(cifar_record(lab, lambda c, y, x, im=im: int(im[c, y, x]))
+                        for lab, im in zip(labels, images, strict=True))
+        (folder / name).write_bytes(data)
+        batches[name] = images, labels
     return batches
 
 
+def test_cifar10_record_layout(tmp_path):
+    # record 0: red is a row gradient, green a column gradient, blue 255 but one marked pixel;
+    # record 1: all zero but its very last byte (blue, row 31, column 31), so a shifted record shows
+    first = cifar_record(7, lambda c, y, x: (8 * y, 8 * x, 1 if (y, x) == (0, 1) else 255)[c])
+    second = cifar_record(0, lambda c, y, x: 9 if (c, y, x) == (2, 31, 31) else 0)
+    (tmp_path / "b.bin").write_bytes(first + second)
+    images, labels = cifar10.read_batch(tmp_path / "b.bin")
+    assert images.shape == (2, 3, 32, 32) and images.dtype == np.uint8
+    assert labels.tolist() == [7, 0] and labels.dtype == np.int64
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    assert np.array_equal(images[0, 0], 8 * rows) and np.array_equal(images[0, 1], 8 * cols)
+    assert images[0, 2, 0, 1] == 1 and (images[0, 2] == 255).sum() == 1023
+    assert images[1, 2, 31, 31] == 9 and images[1].sum() == 9
+
+
 def test_cifar10(tmp_path):
-    batches = write_cifar(tmp_path / "cifar-10-batches-py")
-    for root in (tmp_path, tmp_path / "cifar-10-batches-py"):
+    batches = write_cifar(tmp_path / "cifar-10-batches-bin")
+    for root in (tmp_path, tmp_path / "cifar-10-batches-bin"):
         train = load_dataset("cifar10", "train", root=root)
-        assert train.images.shape == (10, 3, 32, 32) and train.channels == 3
+        assert train.images.shape == (10, 3, 32, 32) and train.channels == 3 and train.size == 32
+        assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
     test = load_dataset("cifar10", "test", root=tmp_path)
-    data, labels = batches["test_batch"]
-    assert test.labels.tolist() == labels
-    # channel-major rows: 1024 red, then 1024 green, then 1024 blue values, row by row
-    n, c, y, x = 1, 2, 5, 7
-    assert test.images[n, c, y, x] == data[n, c * 1024 + y * 32 + x]
-    first_of_batch_2 = torch.from_numpy(batches["data_batch_2"][0][0]).view(3, 32, 32)
-    assert torch.equal(train.images[2], first_of_batch_2)
-    assert len(load_dataset("cifar10", root=tmp_path, limit=3)) == 3
+    images, labels = batches["test_batch.bin"]
+    assert test.labels.tolist() == labels and torch.equal(test.images, torch.from_numpy(images))
+    assert torch.equal(train.images[2], torch.from_numpy(batches["data_batch_2.bin"][0][0]))  # file order
+    assert train.labels[9] == batches["data_batch_5.bin"][1][1]
+    three = load_dataset("cifar10", root=tmp_path, limit=3)
+    assert len(three) == 3 and torch.equal(three.images[2], train.images[2])
+    gray = load_dataset("cifar10", "test", root=tmp_path, channels=1, size=16)
+    assert gray.images.shape == (2, 1, 16, 16) and gray.channels == 1 and gray.size == 16
+    with pytest.raises(EdvaeError, match="limit"):
+        load_dataset("cifar10", root=tmp_path, limit=0)
 
 
 def test_cifar10_bad_files(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
+    folder = tmp_path / "cifar-10-batches-bin"
     write_cifar(folder)
-    (folder / "test_batch").write_bytes(b"cos\ngetcwd\n(tR.")  # a pickle calling os.getcwd
-    with pytest.raises(EdvaeError, match="test_batch.*refusing"):
+    good = (folder / "test_batch.bin").read_bytes()
+    (folder / "test_batch.bin").write_bytes(good[:-5])  # truncated inside record 2
+    with pytest.raises(EdvaeError, match=r"test_batch\.bin: 6141 bytes .*3073") as e:
         load_dataset("cifar10", "test", root=tmp_path)
-    (folder / "test_batch").write_bytes(b"\x80\x02}q\x00")  # truncated
-    with pytest.raises(EdvaeError, match="test_batch"):
+    assert "\n" not in str(e.value)
+    (folder / "test_batch.bin").write_bytes(b"")
+    with pytest.raises(EdvaeError, match=r"test_batch\.bin: 0 bytes"):
         load_dataset("cifar10", "test", root=tmp_path)
-    (folder / "data_batch_3").unlink()
-    with pytest.raises(EdvaeError, match="data_batch_3"):
+    (folder / "test_batch.bin").write_bytes(good[:3073] + bytes([10]) + good[3074:])
+    with pytest.raises(EdvaeError, match=r"test_batch\.bin: record 1 has label 10, expected 0-9") as e:
+        load_dataset("cifar10", "test", root=tmp_path)
+    assert "\n" not in str(e.value)
+    (folder / "data_batch_3.bin").unlink()
+    with pytest.raises(EdvaeError, match=r"no CIFAR-10 batch data_batch_3\.bin in"):
         load_dataset("cifar10", "train", root=tmp_path)
+    with pytest.raises(EdvaeError, match="no CIFAR-10 batch test_batch.bin"):
+        load_dataset("cifar10", "test", root=tmp_path / "empty")
+
+
+def test_cifar10_python_version_only(tmp_path):
+    py = tmp_path / "cifar-10-batches-py"
+    py.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (py / name).write_bytes(b"\x80\x02}q\x00.")  # never opened: the binary version is asked for
+    for root in (tmp_path, py):
+        with pytest.raises(EdvaeError, match="python version.*binary version \\(no pickle\\)") as e:
+            load_dataset("cifar10", "test", root=root)
+        assert "download=True" in str(e.value) and cifar10.URL in str(e.value)
+    write_cifar(tmp_path / "cifar-10-batches-bin")  # both versions present: the binary one is read
+    assert len(load_dataset("cifar10", "test", root=tmp_path)) == 2
+
+
+def cifar_archive(tmp_path: Path, monkeypatch, names: list[str]) -> Path:
+    write_cifar(tmp_path / "src" / "cifar-10-batches-bin")
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in names:
+            tar.add(tmp_path / "src" / "cifar-10-batches-bin" / name, arcname=f"cifar-10-batches-bin/{name}")
+    monkeypatch.setattr(cifar10, "URL", archive.as_uri())
+    monkeypatch.setattr(cifar10, "MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    return archive
 
 
 def test_cifar10_download(tmp_path, monkeypatch):
-    write_cifar(tmp_path / "src" / "cifar-10-batches-py")
-    archive = tmp_path / "cifar.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    monkeypatch.setattr(cifar10, "URL", archive.as_uri())
-    monkeypatch.setattr(cifar10, "MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    assert cifar10.URL == "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+    assert cifar10.MD5 == "c32a1d4ab5d03f1284b67883e8d87530"  # the binary version's md5 on the CIFAR page
+    cifar_archive(tmp_path, monkeypatch, CIFAR_BATCHES)
+    (tmp_path / "dl" / "cifar-10-batches-py").mkdir(parents=True)  # a python version does not stop it
     data = load_dataset("cifar10", "test", root=tmp_path / "dl", download=True)
-    assert len(data) == 2 and (tmp_path / "dl" / "cifar-10-batches-py" / "test_batch").is_file()
+    assert len(data) == 2 and data.source == str(tmp_path / "dl" / "cifar-10-batches-bin")
+    assert not (tmp_path / "dl" / "cifar-10-binary.tar.gz").exists()  # the archive is removed
+    monkeypatch.setattr(cifar10, "MD5", "0" * 32)
+    with pytest.raises(EdvaeError, match="md5 mismatch"):
+        load_dataset("cifar10", "test", root=tmp_path / "dl2", download=True)
+    assert not (tmp_path / "dl2" / "cifar-10-batches-bin").exists()
+
+
+def test_cifar10_download_incomplete_archive(tmp_path, monkeypatch):
+    cifar_archive(tmp_path, monkeypatch, ["test_batch.bin"])
+    assert len(load_dataset("cifar10", "test", root=tmp_path / "dl", download=True)) == 2
+    with pytest.raises(EdvaeError, match="did not hold data_batch_1.bin"):
+        load_dataset("cifar10", "train", root=tmp_path / "dl2", download=True)
+
+
+def test_cifar10_reads_no_pickle():
+    import inspect
+    source = inspect.getsource(cifar10)
+    assert "import pickle" not in source and "Unpickler" not in source
 
 
 # ---------------------------------------------------------------- CelebA

@@ -1,8 +1,16 @@
-"""CIFAR-10, official "python version": cifar-10-batches-py/{data_batch_1..5, test_batch}."""
+"""CIFAR-10, official "binary version": cifar-10-batches-bin/{data_batch_1..5, test_batch}.bin.
+
+The data set is Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", technical
+report, University of Toronto, 2009. Its binary version (URL below, md5 as listed on the CIFAR
+page) stores each image as one record of 3,073 bytes: one label byte (0-9), then 3,072 pixel bytes,
+the 1,024 red values, then the 1,024 green, then the 1,024 blue, each plane row-major 32 x 32.
+Every file holds 10,000 records. The files are read as plain bytes with numpy. The "python
+version" (cifar-10-batches-py, serialised Python dicts) is not read at all: loading it would run
+Python's object deserialiser on downloaded bytes.
+"""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -13,65 +21,77 @@ from edvae.data.download import extract_tar
 from edvae.data.images import InMemoryImages, adapt, check_limit, check_split
 from edvae.errors import EdvaeError
 
-URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-MD5 = "c58f30108f718f92721af3b95e74349a"
-FOLDER = "cifar-10-batches-py"
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+ARCHIVE = "cifar-10-binary.tar.gz"
+FOLDER = "cifar-10-batches-bin"
+PYTHON_FOLDER = "cifar-10-batches-py"  # recognised only to say that it is not read
 CACHE_DIR = Path.home() / ".cache" / "edvae" / "cifar10"
-BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-    """Loads only plain containers and numpy arrays, so a batch file cannot run other code."""
-
-    ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy 1 pickle, numpy 2
-            module = "numpy._core." + module.removeprefix("numpy.core.")
-        return super().find_class(module, name)
+BATCHES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
+PIXELS = 3 * 32 * 32
+RECORD = 1 + PIXELS  # one label byte, then the red, green and blue planes
+CLASSES = 10
 
 
 def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """One batch file -> uint8 images (N, 3, 32, 32) and int64 labels (N,)."""
+    """One binary batch file -> uint8 images (N, 3, 32, 32) and int64 labels (N,)."""
     try:
-        with open(path, "rb") as f:
-            d = _NumpyUnpickler(f, encoding="bytes").load()
-    except Exception as e:  # a corrupt pickle can raise almost anything
+        raw = np.fromfile(path, dtype=np.uint8)
+    except (OSError, ValueError) as e:
         raise EdvaeError(f"cannot read CIFAR-10 batch {path}: {e}") from e
-    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
-        raise EdvaeError(f"CIFAR-10 batch {path} is not a dict with b'data' and b'labels'")
-    data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise EdvaeError(f"CIFAR-10 batch {path}: data is {data.dtype} {data.shape}, "
-                         "expected uint8 (N, 3072)")
-    if labels.shape != (len(data),):
-        raise EdvaeError(f"CIFAR-10 batch {path}: {labels.size} labels for {len(data)} images")
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+    if raw.size == 0 or raw.size % RECORD:
+        raise EdvaeError(f"CIFAR-10 batch {path}: {raw.size} bytes is not a positive multiple of the "
+                         f"{RECORD}-byte record (1 label byte + {PIXELS} pixel bytes); truncated?")
+    records = raw.reshape(-1, RECORD)
+    labels = records[:, 0].astype(np.int64)
+    bad = np.flatnonzero(labels >= CLASSES)
+    if bad.size:
+        raise EdvaeError(f"CIFAR-10 batch {path}: record {bad[0]} has label {labels[bad[0]]}, "
+                         f"expected 0-{CLASSES - 1} ({bad.size} bad labels in all)")
+    return np.ascontiguousarray(records[:, 1:]).reshape(-1, 3, 32, 32), labels
+
+
+def _has_batches(folder: Path, split: str) -> bool:
+    return all((folder / b).is_file() for b in BATCHES[split])
+
+
+def _python_version(base: Path) -> Path | None:
+    """The folder of a python-version CIFAR-10 in or at `base`, if there is one."""
+    if (base / PYTHON_FOLDER).is_dir():
+        return base / PYTHON_FOLDER
+    if base.name == PYTHON_FOLDER or (base / "test_batch").is_file() or (base / "data_batch_1").is_file():
+        return base if base.is_dir() else None
+    return None
 
 
 def cifar10_folder(split: str = "train", root: str | Path | None = None,
                    download: bool = False) -> Path:
-    """The folder holding the batches of `split`: root, root/cifar-10-batches-py, or a download."""
+    """The folder holding the .bin batches of `split`: root, root/cifar-10-batches-bin, or a
+    download of the binary archive (md5 checked) into root (default CACHE_DIR)."""
     check_split("cifar10", split)
     base = CACHE_DIR if root is None else Path(root).expanduser()
     for folder in (base, base / FOLDER):
-        if all((folder / b).is_file() for b in BATCHES[split]):
+        if _has_batches(folder, split):
             return folder
     if download:
-        archive = fetch(URL, base / "cifar-10-python.tar.gz", MD5)
+        archive = fetch(URL, base / ARCHIVE, MD5)
         extract_tar(archive, base)
         archive.unlink()
-        if all((base / FOLDER / b).is_file() for b in BATCHES[split]):
+        if _has_batches(base / FOLDER, split):
             return base / FOLDER
+        raise EdvaeError(f"the archive {URL} did not hold {', '.join(BATCHES[split])} in {FOLDER}/")
+    found = base / FOLDER if (base / FOLDER).is_dir() else base
+    python = _python_version(base)
+    if python is not None and not any(found.glob("*_batch*.bin")):
+        raise EdvaeError(
+            f"{python} is the CIFAR-10 python version, which edvae does not read: edvae "
+            f"reads the binary version (no pickle); use download=True (train.download=true) or "
+            f"extract {URL} into {base}"
+        )
+    missing = [b for b in BATCHES[split] if not (found / b).is_file()]
     raise EdvaeError(
-        f"no CIFAR-10 batches {', '.join(BATCHES[split])} in {base} or {base / FOLDER}; "
-        f"pass root= that folder or use download=True"
+        f"no CIFAR-10 batch {', '.join(missing)} in {found} (looked in {base} and {base / FOLDER}); "
+        f"pass root= the folder of the binary version, use download=True, or extract {URL} there"
     )
 
 
