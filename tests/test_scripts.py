@@ -24,3 +24,27 @@ def test_two_sided_p_at_tabulated_quantiles():
 
 def test_two_sided_p_matches_the_cauchy_at_one_degree_of_freedom():
     assert two_sided_p(1.7, 1) == pytest.approx(1 - 2 / math.pi * math.atan(1.7), rel=1e-6)
+
+
+def test_the_quantizer_fingerprint_matches_itself_and_names_a_changed_number(tmp_path):
+    import subprocess
+
+    from safetensors.torch import load_file, save_file
+
+    script = Path(__file__).parents[1] / "scripts" / "quantizer_fingerprint.py"
+    stem = str(tmp_path / "fp")
+
+    def run(mode):
+        return subprocess.run([sys.executable, str(script), mode, stem], capture_output=True, text=True)
+
+    assert run("check").returncode != 0  # nothing saved yet: refused
+    assert run("save").returncode == 0
+    same = run("check")
+    assert same.returncode == 0 and "ALL EQUAL" in same.stdout
+    tensors = load_file(stem + ".safetensors")
+    key = next(k for k, v in tensors.items() if v.dtype.is_floating_point and v.numel() > 1)
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = tensors[key].view(-1)[0] + 1
+    save_file(tensors, stem + ".safetensors")
+    changed = run("check")
+    assert changed.returncode == 1 and f"differs: {key}" in changed.stdout
