@@ -10,9 +10,8 @@ compiled for the time of one `fit` and handed back unchanged.
 
 Where TorchDynamo hands back to Python (graph breaks; the code still runs, between graphs):
 - the batch order (engine/runtime.py: a torch.Generator per epoch);
-- EdVAE's KL on the CPU (quantizers/dirichlet_kl.py reads the logits' maximum to skip the clamp):
-  its autograd function runs eagerly; it is hand-fused already;
 - the code counts of logged steps (a bincount of data-dependent size).
+(EdVAE's KL skips its host-side clamp check under compile, so it traces whole.)
 The schedules' values (temperature, beta, ...) are handed to the step functions as 0-d float32
 tensors on the run's device, refilled in place each step: a Python float would be specialised on
 (one recompile per new value until TorchDynamo makes it a symbol) and, on CUDA, would become a
