@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import CONFIG_FILE, STATE_FILE
 from .config import RunConfig, config_data, flatten, from_dict, with_stored_defaults
 from .errors import EdvaeError
 from .progress import LiveDisplay, Snapshot, last_step
 
-STATE_FILE = "checkpoint.safetensors"
 EVAL_FILE = "eval.json"
-CONFIG_FILE = "config.json"
 # where a run runs, and what the trainer reads from its data (channels, size): not what it computes
 NOT_SETTINGS = {"train.device", "train.threads", "model.channels", "model.image_size"}
 

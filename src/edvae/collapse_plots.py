@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .metrics import perplexity
-from .plots import _pyplot
+from .plots import _pyplot, save_figure
 
 ARM_LABELS = {"random": "random init (uniform +-1/K)", "kmeans": "K-means on untrained encoder",
               "pretrain": "pretrain, then K-means"}
@@ -42,9 +42,7 @@ def plot_sweeps(cfg, summary: dict[str, list[dict[str, Any]]], out: Path) -> Non
             ax.grid(alpha=0.3, which="both")
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{cfg.components}-component Gaussian mixture, VQ-EMA, {len(cfg.seeds)} seed(s)")
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
+        save_figure(fig, out / name)
 
 
 def plot_latents(cfg, means: torch.Tensor, test: torch.Tensor, labels: torch.Tensor,
@@ -81,5 +79,4 @@ def plot_latents(cfg, means: torch.Tensor, test: torch.Tensor, labels: torch.Ten
         ax.tick_params(labelsize=7)
     fig.suptitle(f"latent space (width {w}, seed {s}): encoder outputs coloured by component, codewords")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, tight=False)

@@ -135,8 +135,11 @@ class VQAutoencoder(nn.Module):
         self.decoder = mlp(cfg.latent_dim, width, cfg.data_dim)
         self.vq = EMAVQQuantizer(codebook_size, cfg.latent_dim, commitment=cfg.commitment, decay=cfg.decay)
 
-    def quantize(self, z: torch.Tensor):
-        return self.vq(z[:, :, None, None])  # vectors as (B, D, 1, 1) latent maps
+    def forward(self, x: torch.Tensor):
+        """(encoder outputs, quantizer output, reconstruction through the quantizer) of points x."""
+        z = self.encoder(x)
+        out = self.vq(z[:, :, None, None])  # vectors as (B, D, 1, 1) latent maps
+        return z, out, self.decoder(out.z_q[:, :, 0, 0])
 
 
 def _stream(seed: int, purpose: int) -> torch.Generator:
@@ -169,8 +172,8 @@ class CollapseSteps:
 
     def quantized_step(self, step: int, values: dict[str, float], report: bool) -> StepOutput:
         x, _ = sample(self.cfg, self.means, self.cfg.batch_size, self.batches)
-        out = self.model.quantize(self.model.encoder(x))
-        return StepOutput(F.mse_loss(self.model.decoder(out.z_q[:, :, 0, 0]), x) + out.loss)
+        _, out, x_hat = self.model(x)
+        return StepOutput(F.mse_loss(x_hat, x) + out.loss)
 
 
 def train_one(cfg: StudyConfig, means: torch.Tensor, test: torch.Tensor, arm: str, codebook_size: int,
@@ -192,9 +195,7 @@ def train_one(cfg: StudyConfig, means: torch.Tensor, test: torch.Tensor, arm: st
             out=None, name=f"collapse study run {arm} K={codebook_size} width={width} seed={seed}"))
     model.eval()
     with torch.no_grad():
-        z = model.encoder(test)
-        out = model.quantize(z)
-        x_hat = model.decoder(out.z_q[:, :, 0, 0])
+        z, out, x_hat = model(test)
         counts = torch.bincount(out.indices.reshape(-1), minlength=codebook_size)
         row = {"arm": arm, "codebook_size": codebook_size, "width": width, "seed": seed,
                "perplexity": perplexity(counts), "used_codes": int((counts > 0).sum()),
@@ -312,15 +313,10 @@ def summary_markdown(cfg: StudyConfig, summary: dict[str, list[dict[str, Any]]],
                   "| " + key.replace("_", " ") + " | " + " | ".join(
                       f"{a}: perplexity | {a}: MSE" for a in cfg.arms) + " |",
                   "|---|" + "---|---|" * len(cfg.arms)]
-        by_value: dict[int, dict[str, dict[str, Any]]] = {}
-        for e in summary[sweep]:
-            by_value.setdefault(e[key], {})[e["arm"]] = e
-        for value, arms in by_value.items():
-            cells = []
-            for a in cfg.arms:
-                e = arms[a]
-                cells += [f"{e['perplexity']:.1f} +- {e['perplexity_std']:.1f}",
-                          f"{e['mse']:.4f} +- {e['mse_std']:.4f}"]
+        for value in dict.fromkeys(e[key] for e in summary[sweep]):
+            at = {e["arm"]: e for e in summary[sweep] if e[key] == value}
+            cells = [f"{at[a]['perplexity']:.1f} +- {at[a]['perplexity_std']:.1f} | "
+                     f"{at[a]['mse']:.4f} +- {at[a]['mse_std']:.4f}" for a in cfg.arms]
             lines.append(f"| {value} | " + " | ".join(cells) + " |")
         lines.append("")
     verdict = pretraining_margin(cfg, summary)

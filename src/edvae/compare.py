@@ -16,13 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .bench import RunSpec, run_specs, validate_runs
+from .bench import RunSpec, run_specs
 from .checkpoint import atomic_write_text
 from .errors import EdvaeError
 from .plots import save_grouped_curves
 from .progress import LiveDisplay
 from .quantizers import QUANTIZERS
-from .study_report import mean_std  # noqa: F401  (public here too: scripts import it)
+from .study_report import mean_std, read_curves
 
 COLUMNS = (("perplexity", "perplexity (argmax)", 1.0, 1),
            ("perplexity_sampled", "perplexity (sampled)", 1.0, 1),
@@ -65,13 +65,6 @@ def grid_specs(methods: list[str], seeds: list[int], config: str | None, overrid
     return specs
 
 
-def check_grid(methods: list[str], seeds: list[int], config: str | None, overrides: list[str],
-               variants: dict[str, tuple[str, list[str]]]) -> None:
-    """Every run's config built and validated here, before any run starts; a bad one names its
-    grid entry."""
-    validate_runs(grid_specs(methods, seeds, config, overrides, variants), "grid entry")
-
-
 def run_grid(methods: list[str], seeds: list[int], out: Path, config: str | None,
              overrides: list[str], jobs: int, threads: int,
              variants: dict[str, tuple[str, list[str]]] | None = None,
@@ -110,13 +103,8 @@ def training_curves(out: Path, rows: list[dict[str, Any]]) -> dict[str, list[lis
     """{method: one (step, test perplexity) series per seed}, from each run's metrics.jsonl."""
     groups: dict[str, list[list[tuple[int, float]]]] = {}
     for r in rows:
-        path = out / f"{r['method']}-seed{r['seed']}" / "metrics.jsonl"
-        points = []
-        for line in path.read_text().splitlines():
-            m = json.loads(line)
-            if m.get("test_perplexity") is not None:
-                points.append((m["step"], m["test_perplexity"]))
-        groups.setdefault(r["method"], []).append(points)
+        points = read_curves(out / f"{r['method']}-seed{r['seed']}").get("test_perplexity", [])
+        groups.setdefault(r["method"], []).append([tuple(p) for p in points])
     return groups
 
 

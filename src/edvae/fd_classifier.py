@@ -15,7 +15,6 @@ dataset, image size and seed). They are never comparable with published FIDs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +51,6 @@ class FeatureClassifier(nn.Module):
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(4 * width, classes)
 
-    @property
-    def feature_dim(self) -> int:
-        return 4 * self.width
-
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float (N, 4 width)."""
         return self.body(to_model_input(images))
@@ -72,9 +67,7 @@ def default_path(dataset: str, channels: int, size: int, seed: int) -> Path:
 def _rotate(images: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     out = images.clone()
     for r in range(1, 4):
-        sel = k == r
-        if sel.any():
-            out[sel] = torch.rot90(images[sel], r, dims=(2, 3))
+        out[k == r] = torch.rot90(images[k == r], r, dims=(2, 3))
     return out
 
 
@@ -172,8 +165,3 @@ def load_classifier(path: str | Path) -> FeatureClassifier:
         raise EdvaeError(f"{path} does not fit its own description: {exc}") from None
     net.info = info  # type: ignore[attr-defined]
     return net.eval()
-
-
-def describe(path: str | Path) -> dict[str, Any]:
-    _, info = checkpoint.load_model_tensors(Path(path))
-    return json.loads(json.dumps(info))

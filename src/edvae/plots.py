@@ -23,6 +23,11 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> Image.Image:
     return Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
 
 
+def save_png(path: Path, image: torch.Tensor) -> None:
+    """One float image (C, H, W) in [-0.5, 0.5] -> a lossless PNG (mode L or RGB)."""
+    image_grid(image[None], nrow=1, pad=0).save(path)
+
+
 def save_reconstructions(path: Path, x: torch.Tensor, x_hat: torch.Tensor, n: int = 32) -> None:
     """Rows of 8: originals, then their reconstructions, alternating."""
     x, x_hat = x[:n], x_hat[:n]
@@ -42,6 +47,14 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path, tight: bool = True) -> None:
+    """Lay the figure out (unless `tight` is False), write it as a 100-dpi PNG and free it."""
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
 def save_usage(path: Path, counts: list[int], perplexity: float) -> None:
     plt = _pyplot()
     c = np.sort(np.asarray(counts))[::-1]
@@ -51,9 +64,7 @@ def save_usage(path: Path, counts: list[int], perplexity: float) -> None:
     ax.set_xlabel("code (sorted by use)")
     ax.set_ylabel("count")
     ax.set_title(f"code usage: {int((c > 0).sum())} of {len(c)} used, perplexity {perplexity:.1f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def save_entropy_maps(path: Path, mean_map: torch.Tensor, examples: torch.Tensor, n: int = 7) -> None:
@@ -67,8 +78,7 @@ def save_entropy_maps(path: Path, mean_map: torch.Tensor, examples: torch.Tensor
         ax.set_title("mean" if i == 0 else f"image {i - 1}", fontsize=8)
         ax.axis("off")
     fig.colorbar(im, ax=list(np.atleast_1d(axes)), shrink=0.8, label="entropy (nats)")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
 
 
 def save_grouped_curves(path: Path, groups: dict[str, list[list[tuple[int, float]]]], ylabel: str,
@@ -91,6 +101,4 @@ def save_grouped_curves(path: Path, groups: dict[str, list[list[tuple[int, float
         ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -44,7 +44,7 @@ def generation_tasks(specs: list[RunSpec], configs: dict[str, RunConfig], out: P
 def run_tasks(name: str, out: Path, dataset: str, device: str, g: dict[str, Any], threads: int,
               inception_weights: str | None, first: bool) -> list[Task]:
     run = out / name
-    prior, samples, log = run / "prior", run / "prior" / "samples", f"{run.parent / run.name}"
+    prior, samples = run / "prior", run / "prior" / "samples"
     steps = int(g["prior_steps"])
     fit = ["prior", "train", str(run), "--out", str(prior), "--no-progress", "--steps", str(steps),
            "--device", device, "--set", f"train.threads={threads}"]
@@ -53,18 +53,18 @@ def run_tasks(name: str, out: Path, dataset: str, device: str, g: dict[str, Any]
     draw = ["sample", str(run), "-n", str(int(g["samples"])), "--prior", str(prior), "--out", str(samples),
             "--temperature", f"{float(g['temperature']):g}", "--seed", "0", "--device", device]
     fd = ["fid", "--run", str(run), "--samples", str(samples / "images"), "--device", device]
-    tasks = [Task(f"{name} prior", fit, prior / PRIOR_EVAL, Path(f"{log}.prior.log"), prior, steps,
+    tasks = [Task(f"{name} prior", fit, prior / PRIOR_EVAL, Path(f"{run}.prior.log"), prior, steps,
                   checkpoint=prior / "checkpoint.safetensors", clear=prior, wave=1, after=name),
-             Task(f"{name} sample", draw, samples / "samples.json", Path(f"{log}.sample.log"), samples,
+             Task(f"{name} sample", draw, samples / "samples.json", Path(f"{run}.sample.log"), samples,
                   clear=samples, wave=2, after=f"{name} prior")]
     if "classifier" in g["fid"]:
         classifier = out / f"fd-classifier-{dataset}.safetensors"
         argv = [*fd, "--features", "classifier", "--classifier", str(classifier),
                 "--classifier-steps", str(int(g["classifier_steps"])), "-o", str(run / FD_FILE)]
-        tasks.append(Task(f"{name} fd", argv, run / FD_FILE, Path(f"{log}.fd.log"), run, wave=3,
+        tasks.append(Task(f"{name} fd", argv, run / FD_FILE, Path(f"{run}.fd.log"), run, wave=3,
                           after=f"{name} sample", alone=first))
     if "inception" in g["fid"] and inception_weights:
         argv = [*fd, "--inception-weights", str(inception_weights), "-o", str(run / FID_FILE)]
-        tasks.append(Task(f"{name} fid", argv, run / FID_FILE, Path(f"{log}.fid.log"), run, wave=3,
+        tasks.append(Task(f"{name} fid", argv, run / FID_FILE, Path(f"{run}.fid.log"), run, wave=3,
                           after=f"{name} sample"))
     return tasks

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_write_text
+from .plots import _pyplot, save_figure
+from .study_generation import FD_FILE, FID_FILE, PRIOR_EVAL
 
 CURVE_KEYS = ("test_perplexity", "test_mse", "test_entropy_mean", "test_entropy_std", "test_uncertainty",
               "batch_perplexity", "loss", "mse", "kl", "lr", "temperature", "beta")
 MAP_KEYS = ("test_entropy_map",)  # logged as (h, w) lists
-PRIOR_EVAL = "prior/prior_eval.json"
-FD_FILES = ("fd-classifier.json", "fid-inception.json")  # `edvae fid -o`: {"metric": ..., "value": ...}
 NAMES = {"perplexity": "perplexity", "mse": "MSE", "used_codes": "used codes",
          "entropy_mean": "entropy of pi", "uncertainty_mean": "uncertainty u = K/S",
          "batch_perplexity": "batch perplexity", "fid": "FID",
@@ -50,12 +50,10 @@ def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
     for line in path.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            for key in CURVE_KEYS:
-                if isinstance(row.get(key), (int, float)):
-                    curves.setdefault(key, []).append([row["step"], row[key]])
-            for key in MAP_KEYS:
-                if isinstance(row.get(key), list):
-                    curves.setdefault(key, []).append([row["step"], row[key]])
+            for keys, kind in ((CURVE_KEYS, (int, float)), (MAP_KEYS, list)):
+                for key in keys:
+                    if isinstance(row.get(key), kind):
+                        curves.setdefault(key, []).append([row["step"], row[key]])
     return curves
 
 
@@ -66,9 +64,10 @@ def collect_rows(specs, out: Path) -> list[dict[str, Any]]:
         run = out / spec.name
         result = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
         result.pop("code_counts", None)
-        if (run / PRIOR_EVAL).is_file():
-            result["bits_per_code"] = json.loads((run / PRIOR_EVAL).read_text()).get("bits_per_code")
-        for file in FD_FILES:  # FID and FD_edvae-classifier under their own names, never mixed
+        prior = run / "prior" / PRIOR_EVAL
+        if prior.is_file():
+            result["bits_per_code"] = json.loads(prior.read_text()).get("bits_per_code")
+        for file in (FD_FILE, FID_FILE):  # `edvae fid -o` {"metric", "value"}: FID and FD never mixed
             if (run / file).is_file():
                 found = json.loads((run / file).read_text())
                 result[found["metric"]] = found["value"]
@@ -77,10 +76,8 @@ def collect_rows(specs, out: Path) -> list[dict[str, Any]]:
 
 
 def key_of(row: dict[str, Any], key: str) -> Any:
-    if key in ("method", "entry"):
-        return row["entry"]
-    if key == "dataset":
-        return row["dataset"]
+    if key in ("method", "entry", "dataset"):
+        return row["entry" if key == "method" else key]
     return row.get("axes", {}).get(key)
 
 
@@ -121,15 +118,6 @@ def table(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def curves_figure(path: Path, rows: list[dict[str, Any]], metrics: list[str], title: str) -> bool:
     """One panel per metric, one colour per entry, one line per run; False when nothing was logged."""
     if not any(r["curves"].get(m) for r in rows for m in metrics):
@@ -151,9 +139,7 @@ def curves_figure(path: Path, rows: list[dict[str, Any]], metrics: list[str], ti
         ax.legend(fontsize=7)
     axes[-1, 0].set_xlabel("step")
     axes[0, 0].set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -177,9 +163,7 @@ def sweep_figure(path: Path, rows: list[dict[str, Any]], metric: str, axis: str,
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -206,8 +190,7 @@ def maps_figure(path: Path, rows: list[dict[str, Any]], metric: str, title: str,
                 ax.set_title(f"{entry}, step {maps[j][0]}", fontsize=7)
     fig.colorbar(image, ax=list(axes.flat), shrink=0.8, label=metric)
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
     return True
 
 

@@ -15,7 +15,7 @@ from .data.folder import list_images
 from .engine.runtime import pick_device
 from .errors import EdvaeError
 from .model import DiscreteVAE
-from .plots import image_grid
+from .plots import save_png
 
 
 def _image_files(inputs: list[str]) -> list[Path]:
@@ -84,6 +84,6 @@ def decode_file(run_dir: str, codes_path: Path, output: Path, device: str = "aut
     for start in range(0, len(indices), 256):
         images = model.decode(indices[start:start + 256]).cpu()
         for img in images:
-            image_grid(img[None], nrow=1, pad=0).save(output / f"{n:06d}.png")
+            save_png(output / f"{n:06d}.png", img)
             n += 1
     return n

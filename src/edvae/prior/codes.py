@@ -9,7 +9,6 @@ another model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -81,11 +80,10 @@ def cached_codes(run_dir: str | Path, cache_dir: str | Path, split: str, *,
     codes = encode_images(model, data, batch_size)
     k = model.config.codebook_size
     codes = codes.to(torch.int16 if k <= 32768 else torch.int32)
-    meta: dict[str, Any] = {"format": CODES_FORMAT, "model_sha256": sha, "split": split,
-                            "dataset": cfg.train.dataset, "n": str(codes.shape[0]),
-                            "codebook_size": str(k), "run": str(run_dir)}
+    meta = {"format": CODES_FORMAT, "model_sha256": sha, "split": split, "dataset": cfg.train.dataset,
+            "n": str(codes.shape[0]), "codebook_size": str(k), "run": str(run_dir)}
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    checkpoint._atomic_save({"codes": codes}, path, {k_: str(v) for k_, v in meta.items()})
+    checkpoint._atomic_save({"codes": codes}, path, meta)
     return codes
 
 

@@ -78,25 +78,14 @@ def right_shift(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]
 
 
-class DownShiftedConv(nn.Conv2d):
-    """Sees rows i-kh+1..i, columns j-(kw-1)/2..j+(kw-1)/2: above and on the row, centred."""
+class ShiftedConv(nn.Conv2d):
+    """Sees rows i-kh+1..i and columns j-kw+1..j: the block above and to the left, itself included
+    (down-right shifted); or, `centred`, columns j-(kw-1)/2..j+(kw-1)/2 (down-shifted)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int]):
+    def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int] = (2, 2), centred: bool = False):
         super().__init__(c_in, c_out, kernel)
         kh, kw = kernel
-        self.pad = (kw // 2, kw // 2, kh - 1, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.pad(x, self.pad))
-
-
-class DownRightShiftedConv(nn.Conv2d):
-    """Sees rows i-kh+1..i and columns j-kw+1..j: the block above and to the left, itself included."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int] = (2, 2)):
-        super().__init__(c_in, c_out, kernel)
-        kh, kw = kernel
-        self.pad = (kw - 1, 0, kh - 1, 0)
+        self.pad = (kw // 2, kw // 2, kh - 1, 0) if centred else (kw - 1, 0, kh - 1, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, self.pad))
@@ -109,7 +98,7 @@ class GatedResidual(nn.Module):
         super().__init__()
 
         def conv(c_in: int, c_out: int) -> nn.Module:
-            return DownRightShiftedConv(c_in, c_out) if causal else nn.Conv2d(c_in, c_out, 1)
+            return ShiftedConv(c_in, c_out) if causal else nn.Conv2d(c_in, c_out, 1)
 
         self.conv1 = conv(2 * channels, channels)
         self.aux = nn.Conv2d(2 * aux_channels, channels, 1) if aux_channels else None
@@ -181,8 +170,8 @@ class PixelSNAIL(nn.Module):
         # input convolutions of the authors' code: a 1x3 row above, shifted down, plus a 2x1
         # column (the row above and this one) shifted right; the extra channel of ones tells
         # the image from the zero padding
-        self.in_down = DownShiftedConv(e + 1, c.channels, (1, 3))
-        self.in_right = DownRightShiftedConv(e + 1, c.channels, (2, 1))
+        self.in_down = ShiftedConv(e + 1, c.channels, (1, 3), centred=True)
+        self.in_right = ShiftedConv(e + 1, c.channels, (2, 1))
         self.res = nn.ModuleList(
             nn.ModuleList(GatedResidual(c.channels, causal=True, dropout=c.dropout)
                           for _ in range(c.res_blocks))

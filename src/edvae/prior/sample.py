@@ -24,11 +24,10 @@ import torch
 from PIL import Image
 
 from ..checkpoint import atomic_write_text
-from ..data import to_uint8
 from ..engine.runtime import pick_device
 from ..errors import EdvaeError
 from ..model import DiscreteVAE
-from ..plots import image_grid
+from ..plots import image_grid, save_png
 from ..run_folder import run_model_file
 from .codes import file_sha256
 from .pixelsnail import PixelSNAIL
@@ -67,13 +66,6 @@ def sample_codes(prior: PixelSNAIL, n: int, temperature: float = 1.0,
                 codes[:, i, j] = torch.multinomial(logits.softmax(1), 1, generator=gen)[:, 0]
         out.append(codes.cpu())
     return torch.cat(out)
-
-
-def save_image(path: Path, image: torch.Tensor) -> None:
-    """One float image (C, H, W) in [-0.5, 0.5] -> a lossless PNG (mode L or RGB)."""
-    arr = to_uint8(image).permute(1, 2, 0).numpy()
-    grey = arr.shape[2] == 1
-    Image.fromarray(arr[:, :, 0] if grey else arr, mode="L" if grey else "RGB").save(path)
 
 
 def save_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> None:
@@ -115,7 +107,7 @@ def sample_run(run_dir: str | Path, n: int, prior_dir: str | Path | None = None,
     for start in range(0, n, batch_size):
         images = vae.decode(codes[start:start + batch_size]).cpu()
         for i, img in enumerate(images):
-            save_image(images_dir / f"{start + i:06d}.png", img)
+            save_png(images_dir / f"{start + i:06d}.png", img)
         if len(first) * batch_size < 64:
             first.append(images)
     save_grid(out / "samples.png", torch.cat(first)[:64])
