@@ -27,11 +27,6 @@ from .train import evaluate_run, resumed_config, train
 
 DEFAULT_CPU_CONFIG = "fashion-mnist-cpu.yaml"
 
-
-def _packaged_config(name: str) -> Path:
-    return Path(__file__).parent / "resources" / "configs" / name
-
-
 # the flags every command that trains shares, and the config keys they set
 TRAINING_FLAGS = {"steps": "train.steps", "batch_size": "train.batch_size", "seed": "train.seed",
                   "device": "train.device"}
@@ -110,7 +105,7 @@ def cmd_compare(args: argparse.Namespace, command: str | None = None, closing=No
 def cmd_demo(args: argparse.Namespace) -> int:
     """A small study preset: EdVAE and dVAE, one seed, the packaged CPU protocol (A) cut to
     --steps, with the live display; the report ends with sentences computed from its numbers."""
-    args.config = str(_packaged_config(DEFAULT_CPU_CONFIG))
+    args.config = str(Path(__file__).parent / "resources" / "configs" / DEFAULT_CPU_CONFIG)
     args.methods = ["edvae", "dvae"]
     args.seeds = [0]
     return cmd_compare(args, closing=closing_sentences)

@@ -67,6 +67,8 @@ class PosteriorTally:
         return ent
 
     def summary(self, positions: int) -> dict[str, Any]:
+        if self.ent_map is None:  # nothing added: a quantizer without probabilities
+            return {"entropy_mean": None, "entropy_std": None, "uncertainty_mean": None}
         mean = self.ent_sum / positions
         return {"entropy_mean": mean,
                 "entropy_std": max(self.ent_sq / positions - mean ** 2, 0.0) ** 0.5,
@@ -83,7 +85,7 @@ def evaluate(model: DiscreteVAE, data: ImageSet, batch_size: int = AUTHORS_BATCH
     q, k, device = model.quantizer, model.config.codebook_size, model.device
     n = len(data) if limit is None else min(limit, len(data))
     gen = torch.Generator(device=device).manual_seed(seed)
-    argmax, drawn, posterior = CodeTally(k, device), CodeTally(k, device), None
+    argmax, drawn, posterior = CodeTally(k, device), CodeTally(k, device), PosteriorTally()
     kept: dict[str, list[torch.Tensor]] = {"x": [], "x_hat": [], "entropy": []}
     for start in range(0, n, batch_size):
         x = to_model_input(data.batch(torch.arange(start, min(start + batch_size, n))).to(device))
@@ -94,7 +96,6 @@ def evaluate(model: DiscreteVAE, data: ImageSet, batch_size: int = AUTHORS_BATCH
         argmax.add(codes, x_hat, x, full)
         p, ent = q.probabilities(z_e), None
         if p is not None:
-            posterior = posterior or PosteriorTally()
             ent = posterior.add(p, q.uncertainty(z_e))
             if sampled:
                 codes_s = q.sample_codes(z_e, generator=gen)
@@ -106,15 +107,14 @@ def evaluate(model: DiscreteVAE, data: ImageSet, batch_size: int = AUTHORS_BATCH
                 kept["entropy"].append(ent.cpu())
     pixels = n * model.config.channels * model.config.image_size ** 2
     positions = n * model.latent_size ** 2
-    result: dict[str, Any] = {"n_images": n, "codebook_size": k, **argmax.summary(pixels)}
-    result.update(posterior.summary(positions) if posterior is not None else
-                  {"entropy_mean": None, "entropy_std": None, "uncertainty_mean": None})
-    if sampled and posterior is not None:
+    ent_map = posterior.ent_map  # None without probabilities
+    result: dict[str, Any] = {"n_images": n, "codebook_size": k, **argmax.summary(pixels),
+                              **posterior.summary(positions)}
+    if sampled and ent_map is not None:
         result.update(drawn.summary(pixels, "_sampled"))
     result["code_counts"] = argmax.counts.cpu().tolist()
     if keep_images:
         result["_images"] = {key: torch.cat(v)[:keep_images] if v else None for key, v in kept.items()}
-        ent_map = posterior.ent_map if posterior is not None else None
         result["_entropy_map"] = (ent_map / n).cpu() if ent_map is not None else None
     return result
 

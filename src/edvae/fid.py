@@ -159,15 +159,13 @@ def read_image_folder(folder: str | Path, channels: int, size: int | None = None
 # Feature extractors: callables uint8 (N, C, H, W) -> float (N, D)
 
 
-def inception_extractor(weights: str | Path | None = None, device: torch.device | str = "cpu",
-                        sha256: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def inception_extractor(path: str | Path,
+                        device: torch.device | str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
     """FID's InceptionV3 (inception.py): uint8 images -> 2048-d pool features (FID's standard features).
 
-    `weights` is the standard 2015-12-05 file (inception_weights.py), checked against `sha256` (default:
-    its published hash); None looks for it in torch.hub's checkpoint folder. Nothing is downloaded.
+    `path` is the standard 2015-12-05 file (inception_weights.py), checked against its published hash.
     """
-    path = inception_weights.resolve_weights_file(weights)
-    net = inception_weights.load_fid_inception(path, device, sha256)
+    net = inception_weights.load_fid_inception(path, device)
     device = torch.device(device)
 
     @torch.no_grad()
@@ -180,8 +178,6 @@ def inception_extractor(weights: str | Path | None = None, device: torch.device 
         finally:
             torch.backends.cudnn.allow_tf32 = tf32
 
-    extract.weights = path  # type: ignore[attr-defined]
-    extract.sha256 = sha256 or inception_weights.INCEPTION_SHA256  # type: ignore[attr-defined]  (checked on loading)
     return extract
 
 
@@ -283,14 +279,15 @@ def _check_measure_args(run: Path | None, samples, reconstructions: bool, refere
             image_files(folder)
 
 
-def _extractor(features: str, inception_weights, classifier, run: Path | None, dev, classifier_steps: int,
+def _extractor(features: str, weights, classifier, run: Path | None, dev, classifier_steps: int,
                log) -> tuple[Callable, int, int | None, dict]:
-    """The feature extractor, the channels and size it reads images at, and its description."""
+    """The feature extractor, the channels and size it reads images at, and its description. The
+    Inception weights: `weights`, else the standard file in torch.hub's folder; nothing is downloaded."""
     if features == "inception":
-        extract = inception_extractor(inception_weights, dev)
-        return extract, 3, None, {
+        path = inception_weights.resolve_weights_file(weights)
+        return inception_extractor(path, dev), 3, None, {
             "features": "InceptionV3 pool3, 2048-d (edvae's FID InceptionV3, TF-compatible)",
-            "weights": str(extract.weights), "weights_sha256": extract.sha256}  # type: ignore[attr-defined]
+            "weights": str(path), "weights_sha256": inception_weights.INCEPTION_SHA256}
     path = _classifier_for(classifier, run, dev, classifier_steps, log)
     extract = classifier_extractor(path, dev)
     net = extract.net  # type: ignore[attr-defined]

@@ -60,13 +60,11 @@ def resize_bilinear_tf1(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     Separable: first along the width, then along the height, each step a + (b - a) * t."""
     if x.dim() != 4 or not x.is_floating_point():
         raise EdvaeError(f"the resize takes float (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
-    out_h, out_w = size
-    lo, hi, t = _tf1_taps(x.shape[3], out_w, x.dtype, x.device)
-    a, b = x.index_select(3, lo), x.index_select(3, hi)
-    x = a + (b - a) * t
-    lo, hi, t = _tf1_taps(x.shape[2], out_h, x.dtype, x.device)
-    a, b = x.index_select(2, lo), x.index_select(2, hi)
-    return a + (b - a) * t[:, None]
+    for dim, n_out in ((3, size[1]), (2, size[0])):
+        lo, hi, t = _tf1_taps(x.shape[dim], n_out, x.dtype, x.device)
+        a, b = x.index_select(dim, lo), x.index_select(dim, hi)
+        x = a + (b - a) * (t if dim == 3 else t[:, None])
+    return x
 
 
 def inception_input(images: torch.Tensor) -> torch.Tensor:

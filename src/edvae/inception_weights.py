@@ -47,7 +47,7 @@ _UNUSED_KEYS = ("fc.weight", "fc.bias")
 
 
 def where_to_get() -> str:
-    """Short: the command line cuts an error message at 300 characters (the URL is in --help)."""
+    """Short: the command line cuts an error message at 500 characters (the URL is in --help)."""
     return (f"get the file of SHA-256 {INCEPTION_SHA256} (pytorch-fid's release fid_weights), "
             "pass --inception-weights FILE")
 
@@ -60,11 +60,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def hub_checkpoints() -> Path:
-    """torch.hub's checkpoint folder ($TORCH_HOME/hub/checkpoints, by default ~/.cache/torch/...)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
 def resolve_weights_file(path: str | Path | None) -> Path:
     """The weights file to read: `path`, or a standard name in torch.hub's checkpoint folder."""
     if path is not None:
@@ -72,25 +67,12 @@ def resolve_weights_file(path: str | Path | None) -> Path:
         if not path.is_file():
             raise EdvaeError(f"InceptionV3 weights file not found: {path}; {where_to_get()}")
         return path
-    folder = hub_checkpoints()
+    folder = Path(torch.hub.get_dir()) / "checkpoints"  # $TORCH_HOME/hub/checkpoints
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
     raise EdvaeError(f"FID needs {next(iter(WEIGHT_FILES))}: none given, none in torch.hub's checkpoints; "
                      f"{where_to_get()}")
-
-
-def check_weights_file(path: Path, sha256: str | None = None) -> str:
-    """The file's SHA-256, after checking it is `sha256` (default INCEPTION_SHA256)."""
-    expected = sha256 or INCEPTION_SHA256
-    try:
-        got = sha256_file(path)
-    except OSError as exc:
-        raise EdvaeError(f"{path}: cannot read the InceptionV3 weights ({exc.strerror or exc})") from None
-    if got != expected:
-        raise EdvaeError(f"{path}: SHA-256 {got[:12]}..., not {expected} of the FID InceptionV3 weights "
-                         "(a truncated download or another file)")
-    return got
 
 
 def _first_line(exc: Exception) -> str:
@@ -138,8 +120,14 @@ def load_fid_inception(path: str | Path, device: torch.device | str = "cpu",
                        sha256: str | None = None) -> FIDInceptionV3:
     """FIDInceptionV3 with the weights of `path`, whose SHA-256 must be `sha256` (default: the
     standard file's, INCEPTION_SHA256; tests pass the hash of a file of random weights)."""
-    path = Path(path)
-    check_weights_file(path, sha256)
+    path, expected = Path(path), sha256 or INCEPTION_SHA256
+    try:
+        got = sha256_file(path)
+    except OSError as exc:
+        raise EdvaeError(f"{path}: cannot read the InceptionV3 weights ({exc.strerror or exc})") from None
+    if got != expected:
+        raise EdvaeError(f"{path}: SHA-256 {got[:12]}..., not {expected} of the FID InceptionV3 weights "
+                         "(a truncated download or another file)")
     net = FIDInceptionV3()
     net.load_state_dict(map_state(net, read_state(path), path))
     return net.to(device).eval()

@@ -18,7 +18,7 @@ steps / schedule_steps, the temperature's rate inversely, so a short run walks t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 LR_SCHEDULES = ("quarter-cosine", "half-cosine")
@@ -68,9 +68,7 @@ class Schedules:
     @classmethod
     def from_train(cls, t: Any) -> Schedules:
         """The schedules of a train config section (config.TrainConfig)."""
-        return cls(t.steps, t.schedule_steps, t.lr, t.lr_min, t.lr_anneal_steps, t.beta_max,
-                   t.beta_ramp_steps, t.temperature_decay, t.temperature_min, t.lr_schedule,
-                   t.temperature_init)
+        return cls(**{f.name: getattr(t, f.name) for f in fields(cls)})
 
     @property
     def scale(self) -> float:

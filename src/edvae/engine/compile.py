@@ -120,18 +120,14 @@ def compile_step(step: StepFunction, cuda_graph: bool, device: torch.device) -> 
     return run
 
 
-def check_device(f: Fit) -> None:
-    if f.cuda_graph and not f.compile:
-        raise EdvaeError("train.cuda_graph needs train.compile: true (the captured step is a compiled one)")
-    if f.cuda_graph and f.device.type != "cuda":
-        raise EdvaeError(f"train.cuda_graph needs a CUDA device; this run is on {f.device.type}")
-
-
 @contextmanager
 def compiled_steps(f: Fit) -> Iterator[CompileClock | None]:
     """For the time of one `fit`: the phases' step functions compiled (f.compile), logged rows given
     `compile_seconds`, the total printed once; everything as it was afterwards. Off: nothing."""
-    check_device(f)
+    if f.cuda_graph and not f.compile:
+        raise EdvaeError("train.cuda_graph needs train.compile: true (the captured step is a compiled one)")
+    if f.cuda_graph and f.device.type != "cuda":
+        raise EdvaeError(f"train.cuda_graph needs a CUDA device; this run is on {f.device.type}")
     if not f.compile:
         yield None
         return

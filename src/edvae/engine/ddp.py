@@ -25,7 +25,6 @@ from ..errors import EdvaeError
 class Group:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -34,10 +33,6 @@ class Group:
     @property
     def active(self) -> bool:
         return self.world > 1
-
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
 
     def shard(self, indices: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous slice of a global batch."""
@@ -68,7 +63,7 @@ def start(device: torch.device, batch_size: int) -> tuple[Group, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Group(rank, world, local_rank), device
+    return Group(rank, world), device
 
 
 def stop(group: Group) -> None:

@@ -112,7 +112,11 @@ def fit(f: Fit, start: int = 0) -> None:
     if f.writes:
         f.out.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(f.out, start, f.fields) if f.writes else None
-    bar = _progress_bar(f, start)
+    bar = None
+    if f.progress is not None and f.group.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=f.steps, initial=start, desc=f.progress, dynamic_ncols=True)
     began = time.perf_counter()
     try:
         with compiled_steps(f):  # f.compile: the step functions compiled for this fit (engine/compile.py)
@@ -179,11 +183,3 @@ def _report(f: Fit, out: StepOutput, values: dict[str, float], done: int,
     if f.on_log is not None:
         f.on_log(row, sums)
     return row
-
-
-def _progress_bar(f: Fit, start: int):
-    if f.progress is None or not f.group.main:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=f.steps, initial=start, desc=f.progress, dynamic_ncols=True)

@@ -29,7 +29,6 @@ class MetricsLog:
         if new_csv:
             self._csv.writeheader()
         self._jsonl_file = open(self.jsonl, "a")
-        self._tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -20,43 +20,26 @@ from torch import nn
 
 BLOCKS_PER_STAGE = 2
 STAGES = 3
+GAIN = 1.0 / (STAGES * BLOCKS_PER_STAGE) ** 2  # g = 1 / L^2
 
 
 def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, padding=(k - 1) // 2)
 
 
-class EncoderBlock(nn.Module):
-    """ReLU-conv3x3 three times, then ReLU-conv1x1; residual scaled by 1/L^2."""
+class ResBlock(nn.Module):
+    """id(x) + g * res(x), res a ReLU before each convolution of `kernels`: (3, 3, 3, 1) in the
+    encoder, (1, 3, 3, 3) in the decoder."""
 
-    def __init__(self, cin: int, cout: int, hidden: int, gain: float):
+    def __init__(self, cin: int, cout: int, hidden: int, kernels: tuple[int, ...]):
         super().__init__()
         self.id_path = _conv(cin, cout, 1) if cin != cout else nn.Identity()
-        self.res_path = nn.Sequential(
-            nn.ReLU(), _conv(cin, hidden, 3),
-            nn.ReLU(), _conv(hidden, hidden, 3),
-            nn.ReLU(), _conv(hidden, hidden, 3),
-            nn.ReLU(), _conv(hidden, cout, 1),
-        )
-        self.gain = gain
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.id_path(x) + self.gain * self.res_path(x)
-
-
-class DecoderBlock(nn.Module):
-    """ReLU-conv1x1, then ReLU-conv3x3 three times; residual scaled by 1/L^2."""
-
-    def __init__(self, cin: int, cout: int, hidden: int, gain: float):
-        super().__init__()
-        self.id_path = _conv(cin, cout, 1) if cin != cout else nn.Identity()
-        self.res_path = nn.Sequential(
-            nn.ReLU(), _conv(cin, hidden, 1),
-            nn.ReLU(), _conv(hidden, hidden, 3),
-            nn.ReLU(), _conv(hidden, hidden, 3),
-            nn.ReLU(), _conv(hidden, cout, 3),
-        )
-        self.gain = gain
+        widths = [cin, *[hidden] * (len(kernels) - 1), cout]
+        layers: list[nn.Module] = []
+        for a, b, k in zip(widths[:-1], widths[1:], kernels, strict=True):
+            layers += [nn.ReLU(), _conv(a, b, k)]
+        self.res_path = nn.Sequential(*layers)
+        self.gain = GAIN
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.id_path(x) + self.gain * self.res_path(x)
@@ -71,15 +54,26 @@ class Float32Conv2d(nn.Conv2d):
             return super().forward(x.float())
 
 
-def _hidden(width: int, ratio: float) -> int:
-    return max(1, int(round(width * ratio)))
-
-
 def _init_weights(module: nn.Module, std: float) -> None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, 0.0, std)
             nn.init.zeros_(m.bias)
+
+
+def _stages(cin: int, width: int, hidden_ratio: float, stages, kernels: tuple[int, ...],
+            resample) -> tuple[list[nn.Module], int]:
+    """BLOCKS_PER_STAGE blocks of width n 2^s for each stage s of `stages`, `resample()` between
+    stages; the layers and their output channels."""
+    layers: list[nn.Module] = []
+    for i, stage in enumerate(stages):
+        if i:
+            layers.append(resample())
+        cout = width * 2**stage
+        for _ in range(BLOCKS_PER_STAGE):
+            layers.append(ResBlock(cin, cout, max(1, int(round(cout * hidden_ratio))), kernels))
+            cin = cout
+    return layers, cin
 
 
 class DalleEncoder(nn.Module):
@@ -89,19 +83,11 @@ class DalleEncoder(nn.Module):
                  first_kernel: int = 3, hidden_ratio: float = 0.25, init_std: float = 0.02,
                  float32_logits: bool = False):
         super().__init__()
-        gain = 1.0 / (STAGES * BLOCKS_PER_STAGE) ** 2
-        layers: list[nn.Module] = [_conv(in_channels, width, first_kernel)]
-        cin = width
-        for stage in range(STAGES):
-            cout = width * 2**stage
-            for _ in range(BLOCKS_PER_STAGE):
-                layers.append(EncoderBlock(cin, cout, _hidden(cout, hidden_ratio), gain))
-                cin = cout
-            if stage < STAGES - 1:
-                layers.append(nn.MaxPool2d(2))
+        first = _conv(in_channels, width, first_kernel)
+        blocks, cin = _stages(width, width, hidden_ratio, range(STAGES), (3, 3, 3, 1),
+                              lambda: nn.MaxPool2d(2))
         head = Float32Conv2d(cin, out_channels, 1) if float32_logits else _conv(cin, out_channels, 1)
-        layers += [nn.ReLU(), head]
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(first, *blocks, nn.ReLU(), head)
         self.downsample = 2 ** (STAGES - 1)
         _init_weights(self, init_std)
 
@@ -115,18 +101,9 @@ class DalleDecoder(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, width: int = 128,
                  hidden_ratio: float = 0.25, init_std: float = 0.02):
         super().__init__()
-        gain = 1.0 / (STAGES * BLOCKS_PER_STAGE) ** 2
-        layers: list[nn.Module] = []
-        cin = in_channels
-        for stage in reversed(range(STAGES)):
-            cout = width * 2**stage
-            for _ in range(BLOCKS_PER_STAGE):
-                layers.append(DecoderBlock(cin, cout, _hidden(cout, hidden_ratio), gain))
-                cin = cout
-            if stage > 0:
-                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
-        layers += [nn.ReLU(), _conv(cin, out_channels, 1)]
-        self.net = nn.Sequential(*layers)
+        blocks, cin = _stages(in_channels, width, hidden_ratio, reversed(range(STAGES)), (1, 3, 3, 3),
+                              lambda: nn.Upsample(scale_factor=2, mode="nearest"))
+        self.net = nn.Sequential(*blocks, nn.ReLU(), _conv(cin, out_channels, 1))
         _init_weights(self, init_std)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
