@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from .data import DATASETS
 from .errors import EdvaeError
-from .quantizers import QUANTIZERS, Quantizer
+from .quantizers import QUANTIZERS
 from .schedules import LR_SCHEDULES
 from .yaml_values import load_yaml, parse_value
 
@@ -163,8 +162,8 @@ def _build(cls, section: str, values: dict[str, Any]):
     return obj
 
 
-def _check_options(m: ModelConfig) -> Quantizer:
-    """Options coerced by the types the quantizer declares, then checked by building it; returns it."""
+def _check_options(m: ModelConfig) -> None:
+    """Options coerced by the types the quantizer declares, then checked by building it."""
     if m.method not in QUANTIZERS:
         raise EdvaeError(f"config key model.method: unknown method {m.method!r} "
                          f"(known: {', '.join(sorted(QUANTIZERS))})")
@@ -175,14 +174,14 @@ def _check_options(m: ModelConfig) -> Quantizer:
                              f"(known: {', '.join(sorted(types)) or 'none'})")
         m.options[key] = _coerce("model.options", key, m.options[key], types[key].__name__)
     try:  # the quantizer checks its own option values
-        return QUANTIZERS[m.method](m.codebook_size, m.codebook_dim, eval_mode=m.eval_mode, **m.options)
+        QUANTIZERS[m.method](m.codebook_size, m.codebook_dim, eval_mode=m.eval_mode, **m.options)
     except ValueError as e:
         raise EdvaeError(f"config key model.options / model.eval_mode for method {m.method}: {e}") from None
 
 
 def validate(cfg: RunConfig) -> RunConfig:
     m, t = cfg.model, cfg.train
-    quantizer = _check_options(m)
+    _check_options(m)
     if t.dataset not in DATASETS:
         raise EdvaeError(f"config key train.dataset: unknown dataset {t.dataset!r} "
                          f"(known: {', '.join(DATASETS)})")
@@ -194,13 +193,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise EdvaeError(f"config key train.pretrain_steps: {m.method} reads {m.codebook_size} logits, so "
                          "there is no codebook to initialise from encoder outputs; pretraining is for the "
                          "codebook methods (encoder outputs of codebook_dim channels)")
-    if t.pretrain_steps:
-        try:  # on the quantizer built only to validate the config; FSQ and LFQ refuse: their codes are fixed
-            quantizer.init_codebook(torch.zeros(m.codebook_size, m.codebook_dim))
-        except ValueError:
-            raise EdvaeError(f"config key train.pretrain_steps: {m.method} has no codebook for the K-means "
-                             "that ends pretraining to set (its codes are fixed, not learned); pretraining "
-                             "is for the codebook methods") from None
+    if t.pretrain_steps and not QUANTIZERS[m.method].learned_codebook:
+        raise EdvaeError(f"config key train.pretrain_steps: {m.method} has no codebook for the K-means "
+                         "that ends pretraining to set (its codes are fixed, not learned); pretraining "
+                         "is for the codebook methods")
     if t.pretrain_steps >= t.steps:
         raise EdvaeError(f"config key train.pretrain_steps ({t.pretrain_steps}) must be smaller than "
                          f"train.steps ({t.steps}): quantized training follows the pretraining")

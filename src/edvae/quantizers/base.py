@@ -80,6 +80,8 @@ class Quantizer(nn.Module):
 
     name: ClassVar[str] = ""
     logit_input: ClassVar[bool] = True
+    # whether init_codebook can set learned codewords (the pretrain recipe); FSQ's and LFQ's are fixed
+    learned_codebook: ClassVar[bool] = True
     default_beta_max: ClassVar[float] = 0.0  # the paper's upper bound of the beta ramp
     eval_modes: ClassVar[tuple[str, ...]] = ("argmax",)  # "sample": codes drawn from the posterior
     # The trainer turns this off on steps whose metrics it does not log. A quantizer may then skip
@@ -202,7 +204,7 @@ class Quantizer(nn.Module):
         SQ-VAE); a quantizer with more codebook state overrides it, one without a codebook of
         D-dimensional codewords that the encoder's outputs live beside (logit_input) refuses."""
         codebook = getattr(self, "codebook", None)
-        if self.logit_input or not isinstance(codebook, torch.Tensor):
+        if self.logit_input or not self.learned_codebook or not isinstance(codebook, torch.Tensor):
             raise ValueError(f"{self.name} has no codebook that encoder outputs can initialise")
         check_codebook_shape(vectors, codebook)
         codebook.copy_(vectors.to(codebook.dtype))

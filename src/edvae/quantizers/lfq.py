@@ -57,6 +57,7 @@ def _entropy(p: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
 class LFQQuantizer(Quantizer):
     name = "lfq"
     logit_input = False
+    learned_codebook = False  # fixed codes: nothing for K-means to set
     default_beta_max = 0.0  # no KL term: the trainer's beta is ignored
 
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
