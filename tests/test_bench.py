@@ -20,7 +20,7 @@ from edvae.progress import Snapshot, last_step, status_line
 from edvae.quantizers import build_quantizer
 from edvae.study_file import PAPER_SEEDS, PROTOCOLS, load_study, plan
 from edvae.study_generation import generation_tasks
-from edvae.study_report import collect_rows, table
+from edvae.study_report import cell, collect_rows, table
 
 ROOT = Path(__file__).parents[1]
 STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
@@ -94,6 +94,37 @@ def test_a_study_killed_mid_run_finishes_without_redoing_finished_runs_and_the_s
     assert results["runs"][0]["curves"]["test_perplexity"][0][0] == 20
     assert "| edvae |" in (killed / "tables.md").read_text()
     assert (killed / "figure1-fashion-mnist.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_diverged_run_is_finished_reported_as_diverged_and_never_rerun(tmp_path, capsys):
+    """Table E.5 and Figure E.10 expect runs that diverge: such a run ends with its record
+    (diverged.json), the study still writes its report with the run marked, and a second start
+    skips it instead of training it into the same divergence again."""
+    study = tiny_study(tmp_path)
+    study.write_text(TINY_STUDY.replace("[edvae, dvae]", "[dvae]")
+                     + "sweeps:\n  - {train.lr: [0.001, 1.0e+30]}\n")
+    out = tmp_path / "out"
+    assert main(bench_argv(study, out)) == 0
+    assert "diverged fashion-mnist/dvae-lr1e+30-seed0: training diverged at step 10 (loss nan)" \
+        in capsys.readouterr().out
+    bad, good = out / "fashion-mnist" / "dvae-lr1e+30-seed0", out / "fashion-mnist" / "dvae-lr0.001-seed0"
+    assert json.loads((bad / "diverged.json").read_text())["step"] == 10 and not (bad / "eval.json").exists()
+    rows = {r["name"].split("/")[1]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert rows[bad.name]["diverged_at"] == 10 and "perplexity" not in rows[bad.name]
+    assert rows[good.name]["perplexity"] > 0 and "diverged_at" not in rows[good.name]
+    tables = (out / "tables.md").read_text()
+    assert "| dvae | " in tables and "diverged (1 of 1)" in tables
+    stamps = {p: p.stat().st_mtime_ns for p in (bad / "diverged.json", bad / "metrics.jsonl")}
+    assert main(bench_argv(study, out)) == 0
+    assert "start" not in capsys.readouterr().out  # nothing trained again
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_a_table_cell_says_how_many_of_its_runs_diverged():
+    runs = [{"perplexity": 10.0}, {"perplexity": 14.0}, {"diverged_at": 700}]
+    assert cell(runs, "perplexity") == "12.0 +- 2.0 (1 of 3 diverged)"
+    assert cell(runs[2:], "perplexity") == "diverged (1 of 1)"
+    assert cell(runs[:2], "mse") == "-" and cell(runs[:2], "perplexity") == "12.0 +- 2.0"
 
 
 def test_every_run_is_validated_before_any_starts(tmp_path, capsys):

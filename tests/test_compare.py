@@ -3,7 +3,7 @@
 import json
 
 from edvae.cli import main
-from edvae.compare import training_curves
+from edvae.compare import collect, summary_table, training_curves
 
 GRID = ["--set", "train.dataset=synthetic", "--set", "train.limit_train=64", "--set", "train.limit_test=32",
         "--set", "train.batch_size=8", "--set", "train.steps=4", "--set", "model.width=4",
@@ -91,3 +91,15 @@ def test_unknown_entries_and_bad_variants_are_clear_errors(tmp_path, capsys):
     assert main(["compare", "--methods", "dvae", "--variant", "dvae", "edvae", "--out", str(out), *GRID]) == 2
     assert "label 'dvae'" in capsys.readouterr().err
     assert not out.exists()  # nothing was started
+
+
+def test_a_grids_diverged_run_is_a_row_of_its_summary(tmp_path):
+    for seed, record in ((0, {"eval.json": {"perplexity": 8.0, "mse": 0.01, "code_counts": [1]}}),
+                         (1, {"diverged.json": {"step": 650, "message": "training diverged at step 650"}})):
+        run = tmp_path / f"edvae-seed{seed}"
+        run.mkdir()
+        for name, data in record.items():
+            (run / name).write_text(json.dumps(data))
+    rows = collect(tmp_path, ["edvae"], [0, 1])
+    assert rows[1] == {"method": "edvae", "seed": 1, "diverged_at": 650}
+    assert "| edvae | 2 | 8.0 +- 0.0 (1 of 2 diverged) |" in summary_table(rows, ["edvae"])

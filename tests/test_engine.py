@@ -12,7 +12,7 @@ from edvae import checkpoint, fd_classifier
 from edvae.data import load_dataset
 from edvae.engine.loop import Fit, Phase, StepOutput, fit
 from edvae.engine.runtime import BatchOrder
-from edvae.errors import EdvaeError
+from edvae.errors import Diverged, EdvaeError
 
 
 class Toy:
@@ -106,8 +106,14 @@ def test_a_diverging_loss_stops_the_fit_naming_the_step(tmp_path):
         out = toy.step(step, values, report)
         return StepOutput(out.loss * (float("nan") if step >= 6 else 1.0))
 
-    with pytest.raises(EdvaeError, match="toy training diverged at step 10"):
+    with pytest.raises(Diverged, match="toy training diverged at step 10") as caught:
         fit(toy.fit(tmp_path, phases=[Phase(20, nan_step)], name="toy training"))
+    assert isinstance(caught.value, EdvaeError) and caught.value.step == 10
+    # the run folder records it (a study reports the run as diverged), and a later fit clears it
+    assert json.loads((tmp_path / "diverged.json").read_text()) == {
+        "step": 10, "message": "toy training diverged at step 10 (loss nan)"}
+    fit(Toy().fit(tmp_path))
+    assert not (tmp_path / "diverged.json").exists()
 
 
 def test_the_fd_classifier_resumes_exactly(tmp_path, monkeypatch):

@@ -5,9 +5,11 @@ A study is a list of runs (`RunSpec`: a method, a seed, a config file and overri
   EdvaeError naming its entry: exit 2, nothing written);
 - turns each run into tasks, child processes of `edvae`: `train`, and for generation studies
   (Table 3) `prior train`, `sample` and `fid`, in waves (every training first, then every prior...);
-- skips a finished task (its result file exists), resumes an interrupted one from its checkpoint
-  (`--resume`: training is a function of (seed, step), so the result is the one an uninterrupted
-  run gives) and restarts one killed before its first checkpoint from an empty folder;
+- skips a finished task (its result file exists, or its record of a diverged training: such a run
+  is finished, reported as diverged, and the tasks that need it are skipped), resumes an
+  interrupted one from its checkpoint (`--resume`: training is a function of (seed, step), so the
+  result is the one an uninterrupted run gives) and restarts one killed before its first
+  checkpoint from an empty folder;
 - runs `jobs` tasks at once (several may share one GPU) with `threads` CPU threads each;
 - shows one live progress line for the whole study (progress.py), read from the children's
   metrics.jsonl.
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CONFIG_FILE, STATE_FILE
+from .checkpoint import CONFIG_FILE, DIVERGED_FILE, STATE_FILE, divergence
 from .config import RunConfig, config_data, flatten, from_dict, with_stored_defaults
 from .errors import EdvaeError
 from .progress import LiveDisplay, Snapshot, last_step
@@ -88,7 +90,7 @@ def check_existing(specs: list[RunSpec], configs: dict[str, RunConfig], out: Pat
 
 @dataclass
 class Task:
-    """One child process `edvae ARGV`; finished when `done` exists."""
+    """One child process `edvae ARGV`; finished when `done` (its result) or `ended` exists."""
 
     name: str
     argv: list[str]
@@ -101,10 +103,17 @@ class Task:
     wave: int = 0  # every task of a wave finishes before the next wave starts
     after: str | None = None  # the task it needs (not started when that one failed)
     alone: bool = False  # runs with no other task of its wave (it may write a file the others read)
+    ended: Path | None = None  # exists: it finished without its result (a diverged training)
+
+    def diverged(self) -> bool:
+        return self.ended is not None and self.ended.is_file() and not self.done.is_file()
+
+    def finished(self) -> bool:
+        return self.done.is_file() or self.diverged()
 
     def command(self) -> list[str] | None:
         """The arguments to run now, None when it has finished; clears a fresh start's folder."""
-        if self.done.is_file():
+        if self.finished():
             return None
         if self.checkpoint is not None and self.checkpoint.is_file():
             return [*self.argv, "--resume"]
@@ -121,7 +130,7 @@ def train_task(spec: RunSpec, run_dir: Path, steps: int, threads: int) -> Task:
     for o in spec.overrides:
         argv += ["--set", o]
     return Task(spec.name, argv, run_dir / EVAL_FILE, run_dir.parent / f"{run_dir.name}.log", run_dir,
-                steps, checkpoint=run_dir / STATE_FILE, clear=run_dir)
+                steps, checkpoint=run_dir / STATE_FILE, clear=run_dir, ended=run_dir / DIVERGED_FILE)
 
 
 class Runner:
@@ -134,15 +143,16 @@ class Runner:
         self.tasks, self.jobs, self.poll = tasks, jobs, poll
         self.display = display or LiveDisplay(enabled=False)
         self.env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        self.failed: list[str] = []
-        self.steps_seen = {t.name: (t.steps if t.done.is_file() else min(last_step(t.folder), t.steps))
+        self.failed: list[str] = []  # tasks that ended in an error
+        self.skipped: set[str] = set()  # diverged trainings and the tasks that need them
+        self.steps_seen = {t.name: (t.steps if t.finished() else min(last_step(t.folder), t.steps))
                            for t in tasks if t.steps}
 
     def snapshot(self, running: list[tuple[Task, subprocess.Popen]]) -> Snapshot:
         for task, _ in running:
             if task.steps:
                 self.steps_seen[task.name] = min(last_step(task.folder), task.steps)
-        done = sum(t.done.is_file() for t in self.tasks)
+        done = sum(t.finished() or t.name in self.skipped for t in self.tasks)
         return Snapshot(done, len(self.tasks), len(running), sum(self.steps_seen.values()),
                         sum(t.steps for t in self.tasks), len(self.failed))
 
@@ -155,8 +165,12 @@ class Runner:
         return self.failed
 
     def _wave(self, tasks: list[Task]) -> None:
-        pending = [(t, cmd) for t in tasks if t.after not in self.failed and (cmd := t.command()) is not None]
+        # a task that needs a failed one fails; one that needs a diverged (or skipped) one is skipped
+        self.skipped |= {t.name for t in self.tasks if t.diverged()}
         self.failed += [t.name for t in tasks if t.after in self.failed]
+        self.skipped |= {t.name for t in tasks if t.after in self.skipped}
+        pending = [(t, cmd) for t in tasks if t.name not in self.skipped and t.name not in self.failed
+                   and (cmd := t.command()) is not None]
         running: list[tuple[Task, subprocess.Popen]] = []
         while pending or running:
             while pending and len(running) < self.jobs and not any(t.alone for t, _ in running):
@@ -168,9 +182,11 @@ class Runner:
             time.sleep(self.poll)
             for task, proc in [r for r in running if r[1].poll() is not None]:
                 running.remove((task, proc))
-                if proc.returncode != 0 or not task.done.is_file():
+                if task.diverged():
+                    self.display.note(f"diverged {task.name}: {divergence(task.folder)['message']}")
+                elif proc.returncode != 0 or not task.done.is_file():
                     self.failed.append(task.name)
-                if task.steps and task.done.is_file():
+                if task.steps and task.finished():
                     self.steps_seen[task.name] = task.steps
                 self.display.note(f"done  {task.name} (exit {proc.returncode})")
                 self.display.show(self.snapshot(running), force=True)

@@ -21,7 +21,14 @@ from .errors import EdvaeError
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "checkpoint.safetensors"
 CONFIG_FILE = "config.json"
+DIVERGED_FILE = "diverged.json"  # {"step", "message"}: the training diverged there (engine/loop.py)
 FORMAT = "edvae-1"
+
+
+def divergence(run_dir: Path) -> dict[str, Any] | None:
+    """The run folder's record of a diverged training ({"step", "message"}), None when it has none."""
+    path = Path(run_dir) / DIVERGED_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from .bench import RunSpec, run_specs
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, divergence
 from .errors import EdvaeError
 from .plots import save_grouped_curves
 from .progress import LiveDisplay
 from .quantizers import QUANTIZERS
-from .study_report import mean_std, read_curves
+from .study_report import cell, read_curves
 
 COLUMNS = (("perplexity", "perplexity (argmax)", 1.0, 1),
            ("perplexity_sampled", "perplexity (sampled)", 1.0, 1),
@@ -81,6 +81,10 @@ def collect(out: Path, methods: list[str], seeds: list[int]) -> list[dict[str, A
     for method in methods:
         for seed in seeds:
             path = out / f"{method}-seed{seed}" / "eval.json"
+            diverged = divergence(path.parent)
+            if not path.is_file() and diverged:  # finished, with no evaluation
+                rows.append({"method": method, "seed": seed, "diverged_at": diverged["step"]})
+                continue
             if not path.is_file():
                 raise EdvaeError(f"missing result {path}")
             r = json.loads(path.read_text())
@@ -94,7 +98,7 @@ def summary_table(rows: list[dict[str, Any]], methods: list[str]) -> str:
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for method in methods:
         rs = [r for r in rows if r["method"] == method]
-        cells = [mean_std([r.get(key) for r in rs], scale, d) for key, _, scale, d in COLUMNS]
+        cells = [cell(rs, key, scale, d) for key, _, scale, d in COLUMNS]
         lines.append(f"| {method} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

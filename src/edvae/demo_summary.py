@@ -24,9 +24,9 @@ NAMES = {"edvae": "EdVAE", "dvae": "dVAE"}
 
 
 def _means(rows: list[dict[str, Any]], method: str) -> dict[str, float]:
-    mine = [r for r in rows if r["method"] == method]
+    mine = [r for r in rows if r["method"] == method and "perplexity" in r]  # not a diverged one
     if not mine:
-        raise ValueError(f"no {method} run in the results")
+        raise ValueError(f"no evaluated {method} run in the results")
     return {k: statistics.fmean(r[k] for r in mine) for k in ("perplexity", "used_codes", "mse")}
 
 

@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, divergence
 from .plots import _pyplot, save_figure
 from .study_generation import FD_FILE, FID_FILE, PRIOR_EVAL
 
@@ -38,6 +38,16 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     mean = statistics.fmean(values)
     std = statistics.pstdev(values) if len(values) > 1 else 0.0
     return f"{mean:.{digits}f} +- {std:.{digits}f}"
+
+
+def cell(runs: list[dict[str, Any]], metric: str, scale: float = 1.0, digits: int = 1) -> str:
+    """mean_std of the runs' metric, followed by how many of them diverged (they have no value)."""
+    diverged = sum(r.get("diverged_at") is not None for r in runs)
+    if not diverged:
+        return mean_std([r.get(metric) for r in runs], scale, digits)
+    if diverged == len(runs):
+        return f"diverged ({diverged} of {diverged})"
+    return f"{mean_std([r.get(metric) for r in runs], scale, digits)} ({diverged} of {len(runs)} diverged)"
 
 
 def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
@@ -64,6 +74,8 @@ def collect_rows(specs, out: Path) -> list[dict[str, Any]]:
         run = out / spec.name
         result = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
         result.pop("code_counts", None)
+        if not result and (diverged := divergence(run)):  # finished without an evaluation
+            result["diverged_at"] = diverged["step"]
         prior = run / "prior" / PRIOR_EVAL
         if prior.is_file():
             result["bits_per_code"] = json.loads(prior.read_text()).get("bits_per_code")
@@ -111,8 +123,8 @@ def table(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
         lines = [f"**{title}**", "", f"| {rk} | " + " | ".join(str(c) for c in cols) + " |",
                  "|" + "---|" * (len(cols) + 1)]
         for rv in _order(key_of(r, rk) for r in members):
-            cells = [mean_std([r.get(metric) for r in members if key_of(r, rk) == rv and key_of(r, ck) == cv],
-                              scale, digits) for cv in cols]
+            cells = [cell([r for r in members if key_of(r, rk) == rv and key_of(r, ck) == cv], metric,
+                          scale, digits) for cv in cols]
             lines.append(f"| {rv} | " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"

@@ -9,7 +9,9 @@ of global steps. `fit` owns what every loop needs:
   passed to the step function and logged);
 - autocast (runtime.autocast_for), backward and the optimizer step;
 - every `log_every` steps and at the end: the step's metrics averaged over ranks, a divergence
-  check on the loss, one row in metrics.jsonl/csv, the progress bar;
+  check on the loss, one row in metrics.jsonl/csv, the progress bar; a loss that is not finite
+  ends the fit with `Diverged`, after writing diverged.json (the step and the message) in the run
+  folder, so that a study counts the run as finished and reports it as diverged;
 - atomic checkpoints every `checkpoint_every` steps, exact resume from the last one, and the final
   save (training state and model file);
 - with `compile`, the step functions torch.compiled for the time of the fit (engine/compile.py).
@@ -22,6 +24,7 @@ step's checkpoint (the pretrain-then-quantize switch sets the codebook there).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -34,7 +37,7 @@ from torch import nn
 
 from .. import checkpoint
 from ..distributed import all_reduce_sum_
-from ..errors import EdvaeError
+from ..errors import Diverged, EdvaeError
 from .compile import compiled_steps
 from .ddp import Group
 from .metrics_log import MetricsLog
@@ -111,6 +114,7 @@ def fit(f: Fit, start: int = 0) -> None:
     """Train steps start .. f.steps - 1 (see the module docstring), then save."""
     if f.writes:
         f.out.mkdir(parents=True, exist_ok=True)
+        (f.out / checkpoint.DIVERGED_FILE).unlink(missing_ok=True)  # a record of an earlier attempt
     log = MetricsLog(f.out, start, f.fields) if f.writes else None
     bar = None
     if f.progress is not None and f.group.main:
@@ -128,6 +132,11 @@ def fit(f: Fit, start: int = 0) -> None:
                                          if k not in ("step", "seconds") and isinstance(v, float)},
                                         refresh=False)
                     bar.update(1)
+    except Diverged as exc:
+        if f.writes:
+            checkpoint.atomic_write_text(f.out / checkpoint.DIVERGED_FILE,
+                                         json.dumps({"step": exc.step, "message": str(exc)}))
+        raise
     finally:
         if log is not None:
             log.close()
@@ -175,7 +184,7 @@ def _report(f: Fit, out: StepOutput, values: dict[str, float], done: int,
     sums = {k: all_reduce_sum_(v) for k, v in out.sums.items()}
     loss = float(means[0])
     if not math.isfinite(loss):
-        raise EdvaeError(f"{f.name} diverged at step {done} (loss {loss})")
+        raise Diverged(f"{f.name} diverged at step {done} (loss {loss})", done)
     if not f.group.main:
         return None
     row: dict[str, Any] = {"step": done, **{k: float(v) for k, v in zip(names, means, strict=True)},
