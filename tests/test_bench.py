@@ -120,6 +120,15 @@ def test_a_diverged_run_is_finished_reported_as_diverged_and_never_rerun(tmp_pat
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
+def test_a_listing_read_only_in_part_ends_quietly():
+    """`edvae bench STUDY --list | head -1`: the closed pipe is no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "edvae", "bench", str(STUDIES[0]), "--scale", "cpu-small",
+                             "--list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command has printed anything (it is still importing torch)
+    _, err = proc.communicate(timeout=120)
+    assert err == b"" and proc.returncode == 141
+
+
 def test_a_table_cell_says_how_many_of_its_runs_diverged():
     runs = [{"perplexity": 10.0}, {"perplexity": 14.0}, {"diverged_at": 700}]
     assert cell(runs, "perplexity") == "12.0 +- 2.0 (1 of 3 diverged)"
