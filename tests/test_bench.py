@@ -120,6 +120,29 @@ def test_a_diverged_run_is_finished_reported_as_diverged_and_never_rerun(tmp_pat
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
+def test_a_studys_run_records_finish_it_in_another_folder_without_training(tmp_path, capsys):
+    """scripts/study_records.py keeps what the report reads (no weights, no checkpoint); copied into
+    an empty output folder, the records are finished runs: nothing trains, the same results."""
+    study = tiny_study(tmp_path)
+    study.write_text(TINY_STUDY.replace("[edvae, dvae]", "[dvae]"))
+    first, records, second = tmp_path / "first", tmp_path / "records", tmp_path / "second"
+    assert main(bench_argv(study, first)) == 0
+    (first / "fashion-mnist" / "unfinished").mkdir()
+    (first / "fashion-mnist" / "unfinished" / "config.json").write_text("{}")
+    script = ROOT / "scripts" / "study_records.py"
+    done = subprocess.run([sys.executable, str(script), str(first), str(records)], capture_output=True,
+                          text=True, check=True)
+    assert "1 finished runs recorded" in done.stdout
+    kept = sorted(p.name for p in (records / "fashion-mnist" / "dvae-seed0").iterdir())
+    assert kept == ["config.json", "eval.json", "metrics.jsonl"]
+    shutil.copytree(records, second)
+    capsys.readouterr()
+    assert main(bench_argv(study, second)) == 0
+    assert "start" not in capsys.readouterr().out
+    a, b = (json.loads((d / "results.json").read_text()) for d in (first, second))
+    assert a["runs"] == b["runs"] and a["runs"][0]["perplexity"] > 0
+
+
 def test_a_listing_read_only_in_part_ends_quietly():
     """`edvae bench STUDY --list | head -1`: the closed pipe is no traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "edvae", "bench", str(STUDIES[0]), "--scale", "cpu-small",

@@ -1,0 +1,30 @@
+"""Copy the record of every finished run of a study's output folder into DEST:
+
+    python scripts/study_records.py STUDY_OUT docs/results/STUDY-cpu-small/runs
+
+A record is a run's config.json, eval.json and metrics.jsonl (diverged.json for a run that
+diverged), not its weights or checkpoints: what the study's tables, results.json and
+scripts/study_curves.py read. Copied back into an output folder (`cp -r DEST/. STUDY_OUT/`), the
+records are finished runs to `edvae bench`, which checks each stored config against its plan and
+trains only the runs that have no record; so a study can be finished over several sessions or
+machines. They do not serve generation (Table 3), which needs each run's model."""
+
+import shutil
+import sys
+from pathlib import Path
+
+RECORD = ("config.json", "eval.json", "metrics.jsonl", "diverged.json")
+
+source, dest = Path(sys.argv[1]), Path(sys.argv[2])
+copied = []
+for config in sorted(source.rglob("config.json")):
+    run = config.parent
+    if not ((run / "eval.json").is_file() or (run / "diverged.json").is_file()):
+        continue  # unfinished: it has nothing to report yet
+    target = dest / run.relative_to(source)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RECORD:
+        if (run / name).is_file():
+            shutil.copy2(run / name, target / name)
+    copied.append(str(run.relative_to(source)))
+print(f"{len(copied)} finished runs recorded in {dest}: {', '.join(copied) or 'none'}")
