@@ -20,7 +20,7 @@ from edvae.progress import Snapshot, last_step, status_line
 from edvae.quantizers import build_quantizer
 from edvae.study_file import PAPER_SEEDS, PROTOCOLS, load_study, plan
 from edvae.study_generation import generation_tasks
-from edvae.study_report import cell, collect_rows, table
+from edvae.study_report import cell, collect_rows, sweep_figure, table
 
 ROOT = Path(__file__).parents[1]
 STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
@@ -141,6 +141,15 @@ def test_a_studys_run_records_finish_it_in_another_folder_without_training(tmp_p
     assert "start" not in capsys.readouterr().out
     a, b = (json.loads((d / "results.json").read_text()) for d in (first, second))
     assert a["runs"] == b["runs"] and a["runs"][0]["perplexity"] > 0
+
+
+def test_a_sweep_figure_is_drawn_beside_runs_that_diverged_and_not_from_them_alone(tmp_path):
+    rows = [{"entry": "edvae", "axes": {"model.options.clamp_max": c}, "perplexity": p}
+            for c, p in ((10.0, 30.0), (20.0, 35.0))]
+    rows.append({"entry": "edvae", "axes": {"model.options.clamp_max": 30.0}, "diverged_at": 700})
+    assert sweep_figure(tmp_path / "a.png", rows, "perplexity", "model.options.clamp_max", "t")
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    assert not sweep_figure(tmp_path / "b.png", rows[2:], "perplexity", "model.options.clamp_max", "t")
 
 
 def test_a_listing_read_only_in_part_ends_quietly():

@@ -156,8 +156,11 @@ def curves_figure(path: Path, rows: list[dict[str, Any]], metrics: list[str], ti
 
 
 def sweep_figure(path: Path, rows: list[dict[str, Any]], metric: str, axis: str, title: str) -> bool:
-    """The metric's mean (error bars: std over seeds) against a swept key, one line per entry."""
-    rows = [r for r in rows if r.get(metric) is not None and key_of(r, axis) is not None]
+    """The metric's mean (error bars: std over seeds) against a swept key, one line per entry; runs
+    that diverged are crosses on the lower edge."""
+    rows = [r for r in rows if key_of(r, axis) is not None]
+    diverged = [key_of(r, axis) for r in rows if r.get("diverged_at") is not None]
+    rows = [r for r in rows if r.get(metric) is not None]
     if not rows:
         return False
     plt = _pyplot()
@@ -168,8 +171,12 @@ def sweep_figure(path: Path, rows: list[dict[str, Any]], metric: str, axis: str,
         ax.errorbar(xs, [statistics.fmean(v) for v in vals],
                     yerr=[statistics.pstdev(v) if len(v) > 1 else 0 for v in vals], marker="o", capsize=3,
                     label=entry)
-    if all(isinstance(x, (int, float)) and x > 0 for r in rows for x in [key_of(r, axis)]):
-        ax.set_xscale("log")
+    if diverged:
+        ax.plot(diverged, [ax.get_ylim()[0]] * len(diverged), "x", color="red", clip_on=False,
+                label="diverged")
+    xs = [*(key_of(r, axis) for r in rows), *diverged]
+    if all(isinstance(x, (int, float)) and x > 0 for x in xs) and max(xs) >= 10 * min(xs):
+        ax.set_xscale("log")  # a sweep over decades (K, D, beta); a clamp of 10 .. 30 stays linear
     ax.set_xlabel(axis)
     ax.set_ylabel(metric)
     ax.set_title(title)
