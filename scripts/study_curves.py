@@ -2,8 +2,8 @@
 
     python scripts/study_curves.py STUDY_OUT/fashion-mnist
 
-the test-split evaluation of each run, its test-subset curves at steps 500 .. 6,000, the Pearson
-correlation of EdVAE's perplexity with u = K/S over training, and at how many evaluations EdVAE's
+the test-split evaluation of each run (or the step it diverged at), its test-subset curves at steps
+500 .. 6,000 (as far as the runs go), the Pearson correlation of EdVAE's perplexity with u = K/S over training, and at how many evaluations EdVAE's
 entropy (mean, std over positions) is above dVAE's of the same seed."""
 
 import json
@@ -25,6 +25,12 @@ print("| run | perplexity | used codes | MSE x 1e3 | entropy of pi (mean / std o
       "| training s |")
 print("|---|---|---|---|---|---|---|")
 for run in runs:
+    if (run / "diverged.json").is_file() and not (run / "eval.json").is_file():
+        print(f"| {run.name} | diverged at step {json.loads((run / 'diverged.json').read_text())['step']} |"
+              + " - |" * 5)
+        continue
+    if not (run / "eval.json").is_file():
+        continue  # still training
     r = json.loads((run / "eval.json").read_text())
     rows = list(rows_of(run).values())
     u = r.get("uncertainty_mean")
@@ -32,7 +38,8 @@ for run in runs:
           f"{r['entropy_mean']:.2f} / {r['entropy_std']:.2f} | {'-' if u is None else f'{u:.3f}'} | "
           f"{rows[-1]['seconds']:.0f} |")
 print()
-steps = [500, 1000, 2000, 3000, 4000, 5000, 6000]
+last = max((max(rows_of(run), default=0) for run in runs), default=0)
+steps = [s for s in (500, 1000, 2000, 3000, 4000, 5000, 6000) if s <= last]  # up to the runs' length
 for key in ("test_entropy_mean", "test_entropy_std", "test_perplexity", "test_uncertainty"):
     print(f"\n{key}\n| run | " + " | ".join(map(str, steps)) + " |\n|---|" + "---|" * len(steps))
     for run in sorted(p for p in root.glob("*-seed*") if p.is_dir()):
