@@ -3,8 +3,9 @@
     python scripts/study_curves.py STUDY_OUT/fashion-mnist
 
 the test-split evaluation of each run (or the step it diverged at), its test-subset curves at steps
-500 .. 6,000 (as far as the runs go), the Pearson correlation of EdVAE's perplexity with u = K/S over training, and at how many evaluations EdVAE's
-entropy (mean, std over positions) is above dVAE's of the same seed."""
+500 .. 6,000 (as far as the runs go), the Pearson correlation of EdVAE's perplexity with u = K/S
+over training, and at how many evaluations EdVAE's entropy (mean, std over positions) is above
+dVAE's of the same seed."""
 
 import json
 import statistics
