@@ -48,3 +48,36 @@ def test_the_quantizer_fingerprint_matches_itself_and_names_a_changed_number(tmp
     save_file(tensors, stem + ".safetensors")
     changed = run("check")
     assert changed.returncode == 1 and f"differs: {key}" in changed.stdout
+
+
+def test_the_logit_range_of_a_run_falls_with_the_level(tmp_path):
+    import subprocess
+
+    from edvae.cli import main
+
+    run = tmp_path / "run"
+    tiny = ["train.dataset=synthetic", "train.limit_train=64", "train.limit_test=32", "train.batch_size=8",
+            "train.steps=10", "model.width=4", "model.codebook_size=16", "model.codebook_dim=4",
+            "model.options.clamp_max=15"]
+    assert main(["train", "--method", "edvae", "--out", str(run), "--no-progress",
+                 *[a for s in tiny for a in ("--set", s)]]) == 0
+    script = Path(__file__).parents[1] / "scripts" / "logit_range.py"
+    out = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True, check=True)
+    row = out.stdout.splitlines()[-1].split("|")
+    assert row[1].strip() == "run" and row[2].strip() == "15"
+    median, p99, top = map(float, row[3].split("/"))
+    shares = [float(c) for c in row[4:-1]]
+    assert median <= p99 <= top and len(shares) == 5
+    # the largest logit per position, computed here on the run's 32 test images
+    import torch
+
+    from edvae.data import to_model_input
+    from edvae.model import DiscreteVAE
+    from edvae.run_folder import load_split, run_config
+
+    test = load_split(run_config(run), "test")
+    with torch.no_grad():
+        largest = DiscreteVAE.load(run).encoder(to_model_input(test.batch(torch.arange(len(test))))).amax(1)
+    assert abs(top - float(largest.max())) < 0.051
+    expected = [float((largest >= v).double().mean()) for v in (10, 15, 20, 25, 30)]
+    assert all(abs(a - b) < 5e-4 for a, b in zip(shares, expected, strict=True))
