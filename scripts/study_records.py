@@ -13,14 +13,18 @@ import shutil
 import sys
 from pathlib import Path
 
-RECORD = ("config.json", "eval.json", "metrics.jsonl", "diverged.json")
+from edvae.bench import EVAL_FILE
+from edvae.checkpoint import CONFIG_FILE, DIVERGED_FILE
+from edvae.progress import METRICS
+
+RECORD = (CONFIG_FILE, EVAL_FILE, METRICS, DIVERGED_FILE)
 
 source, dest = Path(sys.argv[1]), Path(sys.argv[2])
 copied = []
-for config in sorted(source.rglob("config.json")):
+for config in sorted(source.rglob(CONFIG_FILE)):
     run = config.parent
-    if not ((run / "eval.json").is_file() or (run / "diverged.json").is_file()):
-        continue  # unfinished: it has nothing to report yet
+    if not ((run / EVAL_FILE).is_file() or (run / DIVERGED_FILE).is_file()):
+        continue  # unfinished: it has nothing to report yet (the bench's rule, bench.Task.finished)
     target = dest / run.relative_to(source)
     target.mkdir(parents=True, exist_ok=True)
     for name in RECORD:

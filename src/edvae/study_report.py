@@ -43,11 +43,10 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 def cell(runs: list[dict[str, Any]], metric: str, scale: float = 1.0, digits: int = 1) -> str:
     """mean_std of the runs' metric, followed by how many of them diverged (they have no value)."""
     diverged = sum(r.get("diverged_at") is not None for r in runs)
-    if not diverged:
-        return mean_std([r.get(metric) for r in runs], scale, digits)
-    if diverged == len(runs):
+    if diverged and diverged == len(runs):
         return f"diverged ({diverged} of {diverged})"
-    return f"{mean_std([r.get(metric) for r in runs], scale, digits)} ({diverged} of {len(runs)} diverged)"
+    text = mean_std([r.get(metric) for r in runs], scale, digits)
+    return f"{text} ({diverged} of {len(runs)} diverged)" if diverged else text
 
 
 def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
