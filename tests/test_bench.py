@@ -143,6 +143,37 @@ def test_a_studys_run_records_finish_it_in_another_folder_without_training(tmp_p
     assert a["runs"] == b["runs"] and a["runs"][0]["perplexity"] > 0
 
 
+def test_only_runs_the_matching_runs_and_the_rest_joins_them_later_in_the_same_folder(tmp_path, capsys):
+    """A study split over sessions: --only trains and reports the runs it names; the whole study
+    started later in the same folder trains just the others and reports all of them."""
+    study, out = tiny_study(tmp_path), tmp_path / "out"
+    assert main([*bench_argv(study, out), "--only", "fashion-mnist/dv*"]) == 0
+    assert "start fashion-mnist/dvae-seed0" in capsys.readouterr().out
+    assert not (out / "fashion-mnist" / "edvae-seed0").exists()
+    first = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["entry"] for r in first] == ["dvae"]
+    tables = (out / "tables.md").read_text()
+    assert "| dvae |" in tables and "| edvae |" not in tables
+    stamp = (out / "fashion-mnist" / "dvae-seed0" / "eval.json").stat().st_mtime_ns
+    assert main(bench_argv(study, out)) == 0
+    printed = capsys.readouterr().out
+    assert "start fashion-mnist/edvae-seed0" in printed and "start fashion-mnist/dvae" not in printed
+    assert (out / "fashion-mnist" / "dvae-seed0" / "eval.json").stat().st_mtime_ns == stamp
+    both = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["entry"] for r in both] == ["edvae", "dvae"] and both[1] == first[0]
+
+
+def test_only_a_pattern_that_names_no_run_is_refused_before_any_work(tmp_path, capsys):
+    study, out = tiny_study(tmp_path), tmp_path / "out"
+    assert main([*bench_argv(study, out), "--only", "fashion-mnist/dvae-*", "--only", "cifar10/*"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--only cifar10/*: no run of tiny at cpu-small" in err
+    assert not out.exists()
+    assert main(["bench", str(study), "--scale", "cpu-small", "--list", "--only", "*/edvae-seed0"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["  fashion-mnist/edvae-seed0  (3000 steps, batch 32, "
+                                                        f"width 16; {tmp_path}/configs/{PROTOCOLS['A']})"]
+
+
 def test_a_sweep_figure_is_drawn_beside_runs_that_diverged_and_not_from_them_alone(tmp_path):
     rows = [{"entry": "edvae", "axes": {"model.options.clamp_max": c}, "perplexity": p}
             for c, p in ((10.0, 30.0), (20.0, 35.0))]

@@ -114,11 +114,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.list:
-        print("\n".join(run_lines(study_plan(args.study, args.scale, args.set or []))))
+        print("\n".join(run_lines(study_plan(args.study, args.scale, args.set or [], args.only))))
         return 0
     out = Path(args.out or f"runs/{Path(args.study).stem}-{args.scale}")
     text = run_bench(args.study, args.scale, out, args.jobs, args.threads, "edvae " + shlex.join(args.argv),
-                     args.set or [], args.inception_weights, progress=not args.no_progress)
+                     args.set or [], args.inception_weights, progress=not args.no_progress, only=args.only)
     print(text)
     print(f"runs, results.json, tables.md and the figures are in {out}")
     return 0
@@ -265,6 +265,9 @@ def _add_bench(sub) -> None:
     b.add_argument("--inception-weights", dest="inception_weights", metavar="FILE",
                    help="FID's Inception weights for generation studies (FD_edvae-classifier is always "
                         "measured)")
+    b.add_argument("--only", action="append", metavar="PATTERN",
+                   help="only the runs whose names match (shell pattern, e.g. 'fashion-mnist/edvae-*'; "
+                        "repeatable): a study split over sessions or machines, into one --out")
     b.add_argument("--list", action="store_true", help="print the validated run list and exit")
     b.add_argument("--no-progress", action="store_true", help="no progress line")
     b.set_defaults(func=cmd_bench)

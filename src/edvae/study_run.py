@@ -8,19 +8,31 @@ interruption it skips what finished and resumes what did not.
 
 from __future__ import annotations
 
+import dataclasses
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from .bench import run_specs, validate_runs
+from .errors import EdvaeError
 from .progress import LiveDisplay
 from .study_file import Plan, load_study, plan
 from .study_generation import generation_tasks
 from .study_report import collect_rows, write_report
 
 
-def study_plan(path: str | Path, scale: str, extra_set: list[str] | None = None) -> Plan:
-    """The study's runs at the scale, every config validated (EdvaeError naming the entry)."""
+def study_plan(path: str | Path, scale: str, extra_set: list[str] | None = None,
+               only: list[str] | None = None) -> Plan:
+    """The study's runs at the scale, every config validated (EdvaeError naming the entry); with
+    `only`, just the runs whose names match one of its patterns (`fashion-mnist/edvae-*`), so that
+    a study can be split over machines or sessions into one output folder."""
     p = plan(load_study(path), scale, extra_set)
     validate_runs(p.runs)
+    for pattern in only or []:
+        if not any(fnmatchcase(r.name, pattern) for r in p.runs):
+            raise EdvaeError(f"--only {pattern}: no run of {p.study.name} at {scale} has that name "
+                             "(edvae bench --list shows them)")
+    if only:
+        p = dataclasses.replace(p, runs=[r for r in p.runs if any(fnmatchcase(r.name, o) for o in only)])
     return p
 
 
@@ -38,9 +50,10 @@ def run_lines(p: Plan) -> list[str]:
 
 def run_bench(path: str | Path, scale: str, out: Path, jobs: int, threads: int, command: str,
               extra_set: list[str] | None = None, inception_weights: str | None = None,
-              progress: bool = True) -> str:
-    """Run (or finish) the study in `out`; the Markdown of its tables."""
-    p = study_plan(path, scale, extra_set)
+              progress: bool = True, only: list[str] | None = None) -> str:
+    """Run (or finish) the study, or its runs matching `only`, in `out`; the Markdown of its tables
+    (of those runs)."""
+    p = study_plan(path, scale, extra_set, only)
 
     def stages(specs, configs):
         return generation_tasks(specs, configs, out, p.generation, threads, inception_weights)
