@@ -8,22 +8,31 @@ percentile and maximum over positions, and the share of positions whose largest 
 10, 15, 20, 25 and 30. The evidence is exp(min(z, clamp)), so a clamp binds only at positions whose
 logits reach it."""
 
+import argparse
 import sys
 
 import torch
 
 from edvae.data import to_model_input
+from edvae.errors import EdvaeError
 from edvae.model import DiscreteVAE
 from edvae.run_folder import load_split, run_config
 
 LEVELS = (10, 15, 20, 25, 30)
 
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="EdVAE run folders (edvae train --out)")
+args = parser.parse_args()
+try:  # every run folder read before the first row
+    runs = [(run, run_config(run)) for run in args.runs]
+except EdvaeError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
 print("| run | clamp | largest logit per position: median / 99% / max | "
       + " | ".join(f">= {v}" for v in LEVELS) + " |")
 print("|---|---|---|" + "---|" * len(LEVELS))
 torch.set_grad_enabled(False)
-for run in sys.argv[1:]:
-    cfg = run_config(run)
+for run, cfg in runs:
     model = DiscreteVAE.load(run)
     test = load_split(cfg, "test")
     x = to_model_input(test.batch(torch.arange(min(1024, len(test)))))

@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from edvae.compare import mean_std
+from edvae.study_report import mean_std
 
 
 def fail(message: str) -> None:

@@ -9,6 +9,7 @@ gradients, the state after an SGD step), an evaluation forward, codes, embed, ev
 probabilities, sampled codes, uncertainty, bf16-autocast forwards, init_codebook and error texts.
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -201,9 +202,15 @@ def extras():
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("save", "check"):
-        sys.exit("usage: python scripts/quantizer_fingerprint.py save|check STEM")
-    mode, stem = sys.argv[1], sys.argv[2]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", choices=["save", "check"], help="save before the change, check after it")
+    parser.add_argument("stem", help="STEM.safetensors and STEM.json hold the fingerprint")
+    args = parser.parse_args()
+    mode, stem = args.mode, args.stem
+    if mode == "check" and not (Path(stem + ".safetensors").is_file() and Path(stem + ".json").is_file()):
+        print(f"error: no fingerprint {stem}.safetensors / {stem}.json: run `save {stem}` first",
+              file=sys.stderr)
+        sys.exit(2)
     assert {m for _, m, *_ in CASES} == set(QUANTIZERS), set(QUANTIZERS) - {m for _, m, *_ in CASES}
     for case in CASES:
         run_case(*case)
@@ -214,8 +221,6 @@ def main():
             json.dump(texts, f, indent=0, sort_keys=True)
         print(f"saved {len(tensors)} tensors, {len(texts)} texts over {len(CASES)} cases")
         return
-    if not Path(stem + ".safetensors").is_file() or not Path(stem + ".json").is_file():
-        sys.exit(f"no fingerprint {stem}.safetensors / {stem}.json: run `save {stem}` first")
     ref = load_file(stem + ".safetensors")
     with open(stem + ".json") as f:
         ref_texts = json.load(f)

@@ -7,12 +7,18 @@ the test-split evaluation of each run (or the step it diverged at), its test-sub
 over training, and at how many evaluations EdVAE's entropy (mean, std over positions) is above
 dVAE's of the same seed."""
 
+import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
-root = Path(sys.argv[1])
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("folder", type=Path, help="a study's output folder of one data set (its *-seed* runs)")
+root = parser.parse_args().folder
+if not root.is_dir():
+    print(f"error: no folder {root}", file=sys.stderr)
+    sys.exit(2)
 
 
 def rows_of(run: Path) -> dict[int, dict]:

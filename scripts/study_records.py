@@ -9,6 +9,7 @@ records are finished runs to `edvae bench`, which checks each stored config agai
 trains only the runs that have no record; so a study can be finished over several sessions or
 machines. They do not serve generation (Table 3), which needs each run's model."""
 
+import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -19,7 +20,14 @@ from edvae.progress import METRICS
 
 RECORD = (CONFIG_FILE, EVAL_FILE, METRICS, DIVERGED_FILE)
 
-source, dest = Path(sys.argv[1]), Path(sys.argv[2])
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("source", type=Path, help="the study's output folder (edvae bench --out)")
+parser.add_argument("dest", type=Path, help="where the records go, e.g. docs/results/STUDY-cpu-small/runs")
+args = parser.parse_args()
+source, dest = args.source, args.dest
+if not source.is_dir():
+    print(f"error: no study folder {source}", file=sys.stderr)
+    sys.exit(2)
 copied = []
 for config in sorted(source.rglob(CONFIG_FILE)):
     run = config.parent

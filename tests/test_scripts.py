@@ -81,3 +81,34 @@ def test_the_logit_range_of_a_run_falls_with_the_level(tmp_path):
     assert abs(top - float(largest.max())) < 0.051
     expected = [float((largest >= v).double().mean()) for v in (10, 15, 20, 25, 30)]
     assert all(abs(a - b) < 5e-4 for a, b in zip(shares, expected, strict=True))
+
+
+SCRIPTS = sorted((Path(__file__).parents[1] / "scripts").glob("*.py"))
+
+
+def run_script(name: str, *args: str, cwd: Path | None = None):
+    import subprocess
+
+    script = Path(__file__).parents[1] / "scripts" / name
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_script_answers_help_with_its_usage(script):
+    done = run_script(script.name, "--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage:") and done.stderr == ""
+
+
+@pytest.mark.parametrize("args, says", [
+    (("logit_range.py", "NOPE"), "error: NOPE/config.json is missing"),
+    (("study_curves.py", "NOPE"), "error: no folder NOPE"),
+    (("study_records.py", "NOPE", "DEST"), "error: no study folder NOPE"),
+    (("quantizer_fingerprint.py", "check", "NOPE"), "error: no fingerprint NOPE.safetensors"),
+    (("plot_width_series.py", "--out", "w.png", "16=NOPE.json"), "error: NOPE.json: not a readable"),
+    (("paired_seeds.py", "NOPE"), "error: NOPE: not a readable"),
+], ids=lambda a: a[0] if isinstance(a, tuple) else "")
+def test_a_script_given_a_missing_input_says_so_in_one_line_exit_2_and_writes_nothing(tmp_path, args, says):
+    done = run_script(*args, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith(says) and done.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
