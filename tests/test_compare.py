@@ -102,4 +102,4 @@ def test_a_grids_diverged_run_is_a_row_of_its_summary(tmp_path):
             (run / name).write_text(json.dumps(data))
     rows = collect(tmp_path, ["edvae"], [0, 1])
     assert rows[1] == {"method": "edvae", "seed": 1, "diverged_at": 650}
-    assert "| edvae | 2 | 8.0 +- 0.0 (1 of 2 diverged) |" in summary_table(rows, ["edvae"])
+    assert "| edvae | 2 | 8.0 (1 of 2 diverged) |" in summary_table(rows, ["edvae"])

@@ -31,13 +31,12 @@ NAMES = {"perplexity": "perplexity", "mse": "MSE", "used_codes": "used codes",
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    """Mean +- population std of the values that are not None, scaled; "-" when there are none."""
+    """Mean +- population std of the values that are not None, scaled; one value alone (a spread
+    of one run would read as 0), "-" when there are none."""
     values = [v * scale for v in values if v is not None]
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    std = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}f} +- {std:.{digits}f}"
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "-"
+    return f"{statistics.fmean(values):.{digits}f} +- {statistics.pstdev(values):.{digits}f}"
 
 
 def cell(runs: list[dict[str, Any]], metric: str, scale: float = 1.0, digits: int = 1) -> str:
@@ -242,7 +241,8 @@ def write_report(out: Path, plan, rows: list[dict[str, Any]], command: str) -> s
     text = "\n".join(table(rows, t) for t in study.tables) if study.tables else ""
     drawn = figures(out, rows, study.figures)
     head = [f"# {meta.get('title', study.name)}", "",
-            f"Paper: {meta.get('paper', '-')}; scale: {plan.scale}; {len(rows)} runs.", "",
+            f"Paper: {meta.get('paper', '-')}; scale: {plan.scale}; {len(rows)} runs. A cell is the mean +- "
+            "population std over its seeds, or one run's value where it shows no +-.", "",
             f"Command: `{command}`", ""]
     tail = ["", "Figures: " + (", ".join(drawn) if drawn else "none (no logged values to draw)"), ""]
     atomic_write_text(out / "tables.md", "\n".join(head) + text + "\n".join(tail))
