@@ -330,6 +330,37 @@ def test_the_progress_line_reads_the_runs_metrics(tmp_path):
     assert "ETA -" in status_line(Snapshot(0, 2, 2, 0, 100), rate=None, elapsed=1)
 
 
+@pytest.mark.slow
+def test_a_generation_study_trains_fits_priors_samples_and_reports_fd_end_to_end(tmp_path):
+    """Table 3's chain through the bench on a tiny study: training, a prior per run, samples, one
+    classifier trained by the first FD task and read by the second, FD per run in the tables."""
+    study = tiny_study(tmp_path)
+    tables = ("  - {metric: fd_edvae_classifier, rows: method, columns: dataset}\n"
+              "  - {metric: bits_per_code, rows: method, columns: dataset}\n")
+    generation = """generation:
+  prior_steps: 6
+  samples: 6
+  classifier_steps: 5
+  fid: [classifier]
+  prior_set: [model.channels=8, model.blocks=1, model.res_blocks=1, train.batch_size=8, train.log_every=2,
+              train.checkpoint_every=3]
+"""
+    study.write_text(TINY_STUDY.replace("  - {metric: perplexity, rows: method, columns: dataset}\n", tables)
+                     + generation)
+    out = tmp_path / "out"
+    assert main(bench_argv(study, out)) == 0
+    rows = {r["entry"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    for method in ("edvae", "dvae"):
+        run = out / "fashion-mnist" / f"{method}-seed0"
+        assert len(list((run / "prior" / "samples" / "images").glob("*.png"))) == 6
+        fd = json.loads((run / "fd-classifier.json").read_text())
+        assert fd["metric"] == "fd_edvae_classifier" and fd["n_generated"] == 6 and fd["value"] > 0
+        assert rows[method]["fd_edvae_classifier"] == fd["value"] and rows[method]["bits_per_code"] > 0
+    assert len(list(out.glob("fd-classifier-*.safetensors"))) == 1  # one classifier, shared
+    tables = (out / "tables.md").read_text()
+    assert f"| edvae | {rows['edvae']['fd_edvae_classifier']:.1f} |" in tables
+
+
 def test_generation_studies_fit_a_prior_sample_and_measure(tmp_path):
     p = plan(load_study(ROOT / "studies" / "table-3-fid.yaml"), "cpu-small")
     configs = validate_runs(p.runs)
