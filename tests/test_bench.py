@@ -82,6 +82,9 @@ def test_a_study_killed_mid_run_finishes_without_redoing_finished_runs_and_the_s
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its child, at once
     proc.wait()
     assert not (runs[1] / "eval.json").is_file()
+    listing = subprocess.run([sys.executable, "-m", "edvae", *bench_argv(study, killed), "--list"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    assert listing[1].endswith(": finished") and "(a checkpoint to resume from)" in listing[2]
     stamp = (runs[0] / "model.safetensors").stat().st_mtime_ns
     assert main(bench_argv(study, killed)) == 0
     assert (runs[0] / "model.safetensors").stat().st_mtime_ns == stamp  # the finished run was not redone
@@ -114,6 +117,10 @@ def test_a_diverged_run_is_finished_reported_as_diverged_and_never_rerun(tmp_pat
     assert rows[good.name]["perplexity"] > 0 and "diverged_at" not in rows[good.name]
     tables = (out / "tables.md").read_text()
     assert "| dvae | " in tables and "diverged (1 of 1)" in tables
+    assert main([*bench_argv(study, out), "--list"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].endswith(f"2 runs; in {out}:")
+    assert listing[1].endswith(": finished") and listing[2].endswith(": diverged at step 10")
     stamps = {p: p.stat().st_mtime_ns for p in (bad / "diverged.json", bad / "metrics.jsonl")}
     assert main(bench_argv(study, out)) == 0
     assert "start" not in capsys.readouterr().out  # nothing trained again
@@ -155,6 +162,9 @@ def test_only_runs_the_matching_runs_and_the_rest_joins_them_later_in_the_same_f
     tables = (out / "tables.md").read_text()
     assert "| dvae |" in tables and "| edvae |" not in tables
     stamp = (out / "fashion-mnist" / "dvae-seed0" / "eval.json").stat().st_mtime_ns
+    assert main([*bench_argv(study, out), "--list"]) == 0
+    assert [line.rsplit(": ", 1)[1] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        "not started", "finished"]
     assert main(bench_argv(study, out)) == 0
     printed = capsys.readouterr().out
     assert "start fashion-mnist/edvae-seed0" in printed and "start fashion-mnist/dvae" not in printed

@@ -113,10 +113,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.list:
-        print("\n".join(run_lines(study_plan(args.study, args.scale, args.set or [], args.only))))
-        return 0
     out = Path(args.out or f"runs/{Path(args.study).stem}-{args.scale}")
+    if args.list:
+        print("\n".join(run_lines(study_plan(args.study, args.scale, args.set or [], args.only), out)))
+        return 0
     text = run_bench(args.study, args.scale, out, args.jobs, args.threads, "edvae " + shlex.join(args.argv),
                      args.set or [], args.inception_weights, progress=not args.no_progress, only=args.only)
     print(text)
@@ -268,7 +268,8 @@ def _add_bench(sub) -> None:
     b.add_argument("--only", action="append", metavar="PATTERN",
                    help="only the runs whose names match (shell pattern, e.g. 'fashion-mnist/edvae-*'; "
                         "repeatable): a study split over sessions or machines, into one --out")
-    b.add_argument("--list", action="store_true", help="print the validated run list and exit")
+    b.add_argument("--list", action="store_true",
+                   help="print the validated run list (and where each run stands in --out) and exit")
     b.add_argument("--no-progress", action="store_true", help="no progress line")
     b.set_defaults(func=cmd_bench)
 

@@ -12,9 +12,10 @@ import dataclasses
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from .bench import run_specs, validate_runs
+from .bench import EVAL_FILE, run_specs, validate_runs
+from .checkpoint import STATE_FILE, divergence
 from .errors import EdvaeError
-from .progress import LiveDisplay
+from .progress import LiveDisplay, last_step
 from .study_file import Plan, load_study, plan
 from .study_generation import generation_tasks
 from .study_report import collect_rows, write_report
@@ -36,15 +37,32 @@ def study_plan(path: str | Path, scale: str, extra_set: list[str] | None = None,
     return p
 
 
-def run_lines(p: Plan) -> list[str]:
-    """One line per run: its folder and its settings (`edvae bench --list`)."""
+def run_state(run_dir: Path, steps: int) -> str:
+    """Where a run's training stands in its folder: finished, diverged, stopped part-way (and
+    whether it resumes), or not started."""
+    if (run_dir / EVAL_FILE).is_file():
+        return "finished"
+    record = divergence(run_dir)
+    if record is not None:
+        return f"diverged at step {record['step']}"
+    if not run_dir.is_dir():
+        return "not started"
+    resumes = "a checkpoint to resume from" if (run_dir / STATE_FILE).is_file() else "no checkpoint: restarts"
+    return f"at step {last_step(run_dir):,} of {steps:,} ({resumes})"
+
+
+def run_lines(p: Plan, out: Path | None = None) -> list[str]:
+    """One line per run: its folder and its settings (`edvae bench --list`), and with `out` (an
+    output folder that exists) where each run stands there."""
     configs = validate_runs(p.runs)
-    lines = [f"{p.study.name} at scale {p.scale}: {len(p.runs)} runs"
-             + (", then a prior, samples and FD per run" if p.generation else "")]
+    lines = [f"{p.study.name} at scale {p.scale}: {len(p.runs)} run{'s' * (len(p.runs) != 1)}"
+             + (", then a prior, samples and FD per run" if p.generation else "")
+             + (f"; in {out}:" if out is not None and out.is_dir() else "")]
     for spec in p.runs:
         t = configs[spec.name].train
+        state = f": {run_state(out / spec.name, t.steps)}" if out is not None and out.is_dir() else ""
         lines.append(f"  {spec.name}  ({t.steps} steps, batch {t.batch_size}, "
-                     f"width {configs[spec.name].model.width}; {spec.config})")
+                     f"width {configs[spec.name].model.width}; {spec.config}){state}")
     return lines
 
 
