@@ -341,7 +341,7 @@ def test_the_progress_line_reads_the_runs_metrics(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_generation_study_trains_fits_priors_samples_and_reports_fd_end_to_end(tmp_path):
+def test_a_generation_study_trains_fits_priors_samples_and_reports_fd_end_to_end(tmp_path, capsys):
     """Table 3's chain through the bench on a tiny study: training, a prior per run, samples, one
     classifier trained by the first FD task and read by the second, FD per run in the tables."""
     study = tiny_study(tmp_path)
@@ -367,6 +367,11 @@ def test_a_generation_study_trains_fits_priors_samples_and_reports_fd_end_to_end
         assert fd["metric"] == "fd_edvae_classifier" and fd["n_generated"] == 6 and fd["value"] > 0
         assert rows[method]["fd_edvae_classifier"] == fd["value"] and rows[method]["bits_per_code"] > 0
     assert len(list(out.glob("fd-classifier-*.safetensors"))) == 1  # one classifier, shared
+    capsys.readouterr()
+    assert main([*bench_argv(study, out), "--list"]) == 0
+    listing = capsys.readouterr().out.splitlines()[1:]
+    assert len(listing) == 2 and all(line.endswith(": finished; generation done: prior, samples, FD")
+                                     for line in listing)
     tables = (out / "tables.md").read_text()
     assert f"| edvae | {rows['edvae']['fd_edvae_classifier']:.1f} |" in tables
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from .bench import RunSpec, Task
 from .config import RunConfig
+from .prior.train_prior import EVAL_FILE as PRIOR_EVAL
 
-PRIOR_EVAL = "prior_eval.json"
 FD_FILE = "fd-classifier.json"
 FID_FILE = "fid-inception.json"
 
@@ -41,10 +41,17 @@ def generation_tasks(specs: list[RunSpec], configs: dict[str, RunConfig], out: P
     return sorted(tasks, key=lambda t: (t.wave, not t.alone))
 
 
+def stage_files(run: Path) -> dict[str, Path]:
+    """The result file of each generation stage of a run folder: the file that marks it finished."""
+    return {"prior": run / "prior" / PRIOR_EVAL, "samples": run / "prior" / "samples" / "samples.json",
+            "FD": run / FD_FILE, "FID": run / FID_FILE}
+
+
 def run_tasks(name: str, out: Path, dataset: str, device: str, g: dict[str, Any], threads: int,
               inception_weights: str | None, first: bool) -> list[Task]:
     run = out / name
-    prior, samples = run / "prior", run / "prior" / "samples"
+    files = stage_files(run)
+    prior, samples = files["prior"].parent, files["samples"].parent
     steps = int(g["prior_steps"])
     fit = ["prior", "train", str(run), "--out", str(prior), "--no-progress", "--steps", str(steps),
            "--device", device, "--set", f"train.threads={threads}"]
@@ -53,18 +60,18 @@ def run_tasks(name: str, out: Path, dataset: str, device: str, g: dict[str, Any]
     draw = ["sample", str(run), "-n", str(int(g["samples"])), "--prior", str(prior), "--out", str(samples),
             "--temperature", f"{float(g['temperature']):g}", "--seed", "0", "--device", device]
     fd = ["fid", "--run", str(run), "--samples", str(samples / "images"), "--device", device]
-    tasks = [Task(f"{name} prior", fit, prior / PRIOR_EVAL, Path(f"{run}.prior.log"), prior, steps,
+    tasks = [Task(f"{name} prior", fit, files["prior"], Path(f"{run}.prior.log"), prior, steps,
                   checkpoint=prior / "checkpoint.safetensors", clear=prior, wave=1, after=name),
-             Task(f"{name} sample", draw, samples / "samples.json", Path(f"{run}.sample.log"), samples,
+             Task(f"{name} sample", draw, files["samples"], Path(f"{run}.sample.log"), samples,
                   clear=samples, wave=2, after=f"{name} prior")]
     if "classifier" in g["fid"]:
         classifier = out / f"fd-classifier-{dataset}.safetensors"
         argv = [*fd, "--features", "classifier", "--classifier", str(classifier),
-                "--classifier-steps", str(int(g["classifier_steps"])), "-o", str(run / FD_FILE)]
-        tasks.append(Task(f"{name} fd", argv, run / FD_FILE, Path(f"{run}.fd.log"), run, wave=3,
+                "--classifier-steps", str(int(g["classifier_steps"])), "-o", str(files["FD"])]
+        tasks.append(Task(f"{name} fd", argv, files["FD"], Path(f"{run}.fd.log"), run, wave=3,
                           after=f"{name} sample", alone=first))
     if "inception" in g["fid"] and inception_weights:
-        argv = [*fd, "--inception-weights", str(inception_weights), "-o", str(run / FID_FILE)]
-        tasks.append(Task(f"{name} fid", argv, run / FID_FILE, Path(f"{run}.fid.log"), run, wave=3,
+        argv = [*fd, "--inception-weights", str(inception_weights), "-o", str(files["FID"])]
+        tasks.append(Task(f"{name} fid", argv, files["FID"], Path(f"{run}.fid.log"), run, wave=3,
                           after=f"{name} sample"))
     return tasks

@@ -19,7 +19,7 @@ from typing import Any
 
 from .checkpoint import atomic_write_text, divergence
 from .plots import _pyplot, save_figure
-from .study_generation import FD_FILE, FID_FILE, PRIOR_EVAL
+from .study_generation import stage_files
 
 CURVE_KEYS = ("test_perplexity", "test_mse", "test_entropy_mean", "test_entropy_std", "test_uncertainty",
               "batch_perplexity", "loss", "mse", "kl", "lr", "temperature", "beta")
@@ -74,12 +74,12 @@ def collect_rows(specs, out: Path) -> list[dict[str, Any]]:
         result.pop("code_counts", None)
         if not result and (diverged := divergence(run)):  # finished without an evaluation
             result["diverged_at"] = diverged["step"]
-        prior = run / "prior" / PRIOR_EVAL
-        if prior.is_file():
-            result["bits_per_code"] = json.loads(prior.read_text()).get("bits_per_code")
-        for file in (FD_FILE, FID_FILE):  # `edvae fid -o` {"metric", "value"}: FID and FD never mixed
-            if (run / file).is_file():
-                found = json.loads((run / file).read_text())
+        stages = stage_files(run)
+        if stages["prior"].is_file():
+            result["bits_per_code"] = json.loads(stages["prior"].read_text()).get("bits_per_code")
+        for file in (stages["FD"], stages["FID"]):  # `edvae fid -o` {"metric", "value"}: never mixed
+            if file.is_file():
+                found = json.loads(file.read_text())
                 result[found["metric"]] = found["value"]
         rows.append({"name": spec.name, **spec.labels, **result, "curves": read_curves(run)})
     return rows

@@ -17,7 +17,7 @@ from .checkpoint import STATE_FILE, divergence
 from .errors import EdvaeError
 from .progress import LiveDisplay, last_step
 from .study_file import Plan, load_study, plan
-from .study_generation import generation_tasks
+from .study_generation import generation_tasks, stage_files
 from .study_report import collect_rows, write_report
 
 
@@ -51,6 +51,12 @@ def run_state(run_dir: Path, steps: int) -> str:
     return f"at step {last_step(run_dir):,} of {steps:,} ({resumes})"
 
 
+def generation_state(run_dir: Path) -> str:
+    """Which of a run's generation stages have their results: prior, samples, FD, FID."""
+    done = [name for name, path in stage_files(run_dir).items() if path.is_file()]
+    return f"generation done: {', '.join(done)}" if done else "no generation stage done"
+
+
 def run_lines(p: Plan, out: Path | None = None) -> list[str]:
     """One line per run: its folder and its settings (`edvae bench --list`), and with `out` (an
     output folder that exists) where each run stands there."""
@@ -60,7 +66,11 @@ def run_lines(p: Plan, out: Path | None = None) -> list[str]:
              + (f"; in {out}:" if out is not None and out.is_dir() else "")]
     for spec in p.runs:
         t = configs[spec.name].train
-        state = f": {run_state(out / spec.name, t.steps)}" if out is not None and out.is_dir() else ""
+        state = ""
+        if out is not None and out.is_dir():
+            state = f": {run_state(out / spec.name, t.steps)}"
+            if p.generation:
+                state += "; " + generation_state(out / spec.name)
         lines.append(f"  {spec.name}  ({t.steps} steps, batch {t.batch_size}, "
                      f"width {configs[spec.name].model.width}; {spec.config}){state}")
     return lines
