@@ -372,6 +372,18 @@ def test_a_generation_study_trains_fits_priors_samples_and_reports_fd_end_to_end
     listing = capsys.readouterr().out.splitlines()[1:]
     assert len(listing) == 2 and all(line.endswith(": finished; generation done: prior, samples, FD")
                                      for line in listing)
+    # the records (no weights, no sample images) finish the study in an empty folder: nothing runs
+    records, again = tmp_path / "records", tmp_path / "again"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "study_records.py"), str(out), str(records)],
+                   capture_output=True, check=True)
+    assert len(list(records.rglob("samples.png"))) == 2 and not list(records.rglob("model.safetensors"))
+    assert not [p for p in records.rglob("*.png") if p.parent.name == "images"]
+    assert [p.name for p in records.glob("*.safetensors")] == ["fd-classifier-synthetic.safetensors"]
+    shutil.copytree(records, again)
+    assert main(bench_argv(study, again)) == 0
+    assert "start" not in capsys.readouterr().out
+    assert json.loads((again / "results.json").read_text())["runs"] == \
+        json.loads((out / "results.json").read_text())["runs"]
     tables = (out / "tables.md").read_text()
     assert f"| edvae | {rows['edvae']['fd_edvae_classifier']:.1f} |" in tables
 
