@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edvae.bench import RunSpec, Task, check_existing, validate_runs
+from edvae.bench import Runner, RunSpec, Task, check_existing, validate_runs
 from edvae.cli import main
 from edvae.demo_summary import LARGER, closing_sentences
 from edvae.errors import EdvaeError
@@ -386,6 +386,19 @@ def test_a_generation_study_trains_fits_priors_samples_and_reports_fd_end_to_end
         json.loads((out / "results.json").read_text())["runs"]
     tables = (out / "tables.md").read_text()
     assert f"| edvae | {rows['edvae']['fd_edvae_classifier']:.1f} |" in tables
+
+
+def test_the_progress_line_leaves_out_the_steps_of_failed_and_skipped_tasks(tmp_path):
+    """A prior that failed at once never runs its steps: they would hold the ETA up for ever."""
+    tasks = [Task(name, ["train"], tmp_path / name / "eval.json", tmp_path / f"{name}.log", tmp_path / name,
+                  steps=1000) for name in ("a", "b", "c")]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.jsonl").write_text('{"step": 400}\n')
+    runner = Runner(tasks, jobs=1, threads=1)
+    assert runner.snapshot([]) == Snapshot(0, 3, 0, 400, 3000, 0)
+    runner.failed.append("b")
+    runner.skipped.add("c")
+    assert runner.snapshot([]) == Snapshot(1, 3, 0, 400, 1000, 1)
 
 
 def test_generation_studies_fit_a_prior_sample_and_measure(tmp_path):

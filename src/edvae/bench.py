@@ -153,8 +153,11 @@ class Runner:
             if task.steps:
                 self.steps_seen[task.name] = min(last_step(task.folder), task.steps)
         done = sum(t.finished() or t.name in self.skipped for t in self.tasks)
-        return Snapshot(done, len(self.tasks), len(running), sum(self.steps_seen.values()),
-                        sum(t.steps for t in self.tasks), len(self.failed))
+        # the steps of tasks that failed or were skipped will never run: not in the ETA
+        gone = self.skipped | set(self.failed)
+        counted = [t for t in self.tasks if t.steps and t.name not in gone]
+        return Snapshot(done, len(self.tasks), len(running), sum(self.steps_seen[t.name] for t in counted),
+                        sum(t.steps for t in counted), len(self.failed))
 
     def run(self) -> list[str]:
         """Every wave in order; the names of the tasks that failed."""
