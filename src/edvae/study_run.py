@@ -12,8 +12,8 @@ import dataclasses
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from .bench import EVAL_FILE, run_specs, validate_runs
-from .checkpoint import STATE_FILE, divergence
+from .bench import Task, run_specs, train_task, validate_runs
+from .checkpoint import divergence
 from .errors import EdvaeError
 from .progress import LiveDisplay, last_step
 from .study_file import Plan, load_study, plan
@@ -37,18 +37,17 @@ def study_plan(path: str | Path, scale: str, extra_set: list[str] | None = None,
     return p
 
 
-def run_state(run_dir: Path, steps: int) -> str:
-    """Where a run's training stands in its folder: finished, diverged, stopped part-way (and
-    whether it resumes), or not started."""
-    if (run_dir / EVAL_FILE).is_file():
+def run_state(task: Task) -> str:
+    """Where a training task stands in its folder, by the runner's own rules (bench.Task): finished,
+    diverged, stopped part-way (and whether it resumes), or not started."""
+    if task.done.is_file():
         return "finished"
-    record = divergence(run_dir)
-    if record is not None:
-        return f"diverged at step {record['step']}"
-    if not run_dir.is_dir():
+    if task.diverged():
+        return f"diverged at step {divergence(task.folder)['step']}"
+    if not task.folder.is_dir():
         return "not started"
-    resumes = "a checkpoint to resume from" if (run_dir / STATE_FILE).is_file() else "no checkpoint: restarts"
-    return f"at step {last_step(run_dir):,} of {steps:,} ({resumes})"
+    resumes = "a checkpoint to resume from" if task.checkpoint.is_file() else "no checkpoint: restarts"
+    return f"at step {last_step(task.folder):,} of {task.steps:,} ({resumes})"
 
 
 def generation_state(run_dir: Path) -> str:
@@ -68,7 +67,7 @@ def run_lines(p: Plan, out: Path | None = None) -> list[str]:
         t = configs[spec.name].train
         state = ""
         if out is not None and out.is_dir():
-            state = f": {run_state(out / spec.name, t.steps)}"
+            state = f": {run_state(train_task(spec, out / spec.name, t.steps, threads=1))}"
             if p.generation:
                 state += "; " + generation_state(out / spec.name)
         lines.append(f"  {spec.name}  ({t.steps} steps, batch {t.batch_size}, "
