@@ -498,3 +498,23 @@ def test_the_two_readings_of_appendix_e1_give_the_temperatures_they_name():
         before = Schedules(t.steps, t.schedule_steps, t.lr, t.lr_min, t.lr_anneal_steps, t.beta_max,
                            t.beta_ramp_steps, t.temperature_decay, t.temperature_min)
         assert before.temperature_at(steps // 2) == value
+
+
+def test_a_listing_names_a_run_folder_with_other_settings_as_the_bench_refuses_it(tmp_path, capsys):
+    """--list says what the bench will do with each folder: a finished run copied in under another
+    run's name is not `finished` there but a run with other settings, on which the bench stops."""
+    study, out = tiny_study(tmp_path), tmp_path / "out"
+    assert main([*bench_argv(study, out), "--only", "fashion-mnist/dv*"]) == 0
+    shutil.copytree(out / "fashion-mnist" / "dvae-seed0", out / "fashion-mnist" / "edvae-seed0")
+    capsys.readouterr()
+    assert main([*bench_argv(study, out), "--list"]) == 0
+    listing = capsys.readouterr().out.splitlines()[1:]
+    assert listing[0].startswith("  fashion-mnist/edvae-seed0  ") and listing[1].endswith(": finished")
+    assert "holds a run with other settings (model.method ('dvae' there, 'edvae' planned)" in listing[0]
+    assert listing[0].endswith(": the bench stops on it")
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "fashion-mnist").rglob("*") if p.is_file()}
+    assert main(bench_argv(study, out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "study entry fashion-mnist/edvae-seed0:" in err
+    assert "model.method ('dvae' there, 'edvae' planned)" in err
+    assert {p: p.stat().st_mtime_ns for p in (out / "fashion-mnist").rglob("*") if p.is_file()} == stamps

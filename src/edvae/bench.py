@@ -67,24 +67,30 @@ def validate_runs(specs: list[RunSpec], what: str = "study entry") -> dict[str, 
     return configs
 
 
+def settings_differ(spec: RunSpec, config: RunConfig, run_dir: Path, what: str = "study entry") -> list[str]:
+    """The settings in which the run stored in `run_dir` differs from `config` (`key (stored there,
+    planned)`), [] when they agree or nothing is stored; an unreadable config is an EdvaeError."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return []
+    try:
+        stored = flatten(from_dict(with_stored_defaults(json.loads(path.read_text()))).to_dict())
+    except (ValueError, EdvaeError) as exc:
+        raise EdvaeError(f"{what} {spec.name}: {path} is not a run config ({exc})") from None
+    planned = flatten(config.to_dict())
+    return [f"{k} ({stored.get(k)!r} there, {planned.get(k)!r} planned)"
+            for k in sorted(set(stored) | set(planned))
+            if k not in NOT_SETTINGS and stored.get(k) != planned.get(k)]
+
+
 def check_existing(specs: list[RunSpec], configs: dict[str, RunConfig], out: Path,
                    what: str = "study entry") -> None:
     """A run folder already in `out` (finished, or to resume) must hold the run planned for it: one
     with other settings is an error naming the keys, so a finished run is never reused by mistake."""
     for spec in specs:
-        path = out / spec.name / CONFIG_FILE
-        if not path.is_file():
-            continue
-        try:
-            stored = flatten(from_dict(with_stored_defaults(json.loads(path.read_text()))).to_dict())
-        except (ValueError, EdvaeError) as exc:
-            raise EdvaeError(f"{what} {spec.name}: {path} is not a run config ({exc})") from None
-        planned = flatten(configs[spec.name].to_dict())
-        differ = [f"{k} ({stored.get(k)!r} there, {planned.get(k)!r} planned)"
-                  for k in sorted(set(stored) | set(planned))
-                  if k not in NOT_SETTINGS and stored.get(k) != planned.get(k)]
+        differ = settings_differ(spec, configs[spec.name], out / spec.name, what)
         if differ:
-            raise EdvaeError(f"{what} {spec.name}: {path.parent} holds a run with other settings: "
+            raise EdvaeError(f"{what} {spec.name}: {out / spec.name} holds a run with other settings: "
                              f"{', '.join(differ[:3])}; move it away or pick another --out")
 
 

@@ -12,8 +12,9 @@ import dataclasses
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from .bench import Task, run_specs, train_task, validate_runs
+from .bench import RunSpec, Task, run_specs, settings_differ, train_task, validate_runs
 from .checkpoint import divergence
+from .config import RunConfig
 from .errors import EdvaeError
 from .progress import LiveDisplay, last_step
 from .study_file import Plan, load_study, plan
@@ -56,6 +57,15 @@ def generation_state(run_dir: Path) -> str:
     return f"generation done: {', '.join(done)}" if done else "no generation stage done"
 
 
+def folder_state(spec: RunSpec, config: RunConfig, run_dir: Path, generation: bool) -> str:
+    """What the bench finds for one run in its folder (`edvae bench --list`)."""
+    differ = settings_differ(spec, config, run_dir)
+    if differ:
+        return f"holds a run with other settings ({', '.join(differ[:3])}): the bench stops on it"
+    state = run_state(train_task(spec, run_dir, config.train.steps, threads=1))
+    return state + ("; " + generation_state(run_dir) if generation else "")
+
+
 def run_lines(p: Plan, out: Path | None = None) -> list[str]:
     """One line per run: its folder and its settings (`edvae bench --list`), and with `out` (an
     output folder that exists) where each run stands there."""
@@ -67,9 +77,7 @@ def run_lines(p: Plan, out: Path | None = None) -> list[str]:
         t = configs[spec.name].train
         state = ""
         if out is not None and out.is_dir():
-            state = f": {run_state(train_task(spec, out / spec.name, t.steps, threads=1))}"
-            if p.generation:
-                state += "; " + generation_state(out / spec.name)
+            state = f": {folder_state(spec, configs[spec.name], out / spec.name, p.generation)}"
         lines.append(f"  {spec.name}  ({t.steps} steps, batch {t.batch_size}, "
                      f"width {configs[spec.name].model.width}; {spec.config}){state}")
     return lines
