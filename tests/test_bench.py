@@ -1,6 +1,7 @@
 """`edvae bench`: study files, the one grid engine (validation, resume after SIGKILL, parallel
 runs, live progress), the report's tables, and the demo's closing sentences."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edvae.bench import Runner, RunSpec, Task, check_existing, validate_runs
+from edvae.bench import Runner, RunSpec, Task, check_existing, config_of, settings_differ, validate_runs
 from edvae.cli import main
 from edvae.demo_summary import LARGER, closing_sentences
 from edvae.errors import EdvaeError
@@ -518,3 +519,19 @@ def test_a_listing_names_a_run_folder_with_other_settings_as_the_bench_refuses_i
     assert err.count("\n") == 1 and "study entry fashion-mnist/edvae-seed0:" in err
     assert "model.method ('dvae' there, 'edvae' planned)" in err
     assert {p: p.stat().st_mtime_ns for p in (out / "fashion-mnist").rglob("*") if p.is_file()} == stamps
+
+
+def test_a_quantizer_option_set_to_its_default_is_the_same_run_as_the_option_left_unset(tmp_path):
+    """A record whose config names `clamp_max: 20` (EdVAE's default) is the run a study plans with
+    the option unset, so a sweep's record can stand for the default run of another study; another
+    value of the option is still a run with other settings."""
+    spec = RunSpec("fashion-mnist/edvae-seed0", "edvae", 0, None)
+    planned = config_of(spec)
+    assert planned.model.options == {}
+    for clamp, differs in ((20.0, False), (25.0, True)):
+        run = tmp_path / str(clamp)
+        run.mkdir()
+        stored = config_of(dataclasses.replace(spec, overrides=[f"model.options.clamp_max={clamp}"]))
+        (run / "config.json").write_text(json.dumps(stored.to_dict()))
+        differ = settings_differ(spec, planned, run)
+        assert differ == (["model.options.clamp_max (25.0 there, 20.0 planned)"] if differs else [])

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CONFIG_FILE, DIVERGED_FILE, STATE_FILE, divergence
-from .config import RunConfig, config_data, flatten, from_dict, with_stored_defaults
+from .config import RunConfig, config_data, from_dict, run_settings, with_stored_defaults
 from .errors import EdvaeError
 from .progress import LiveDisplay, Snapshot, last_step
 
@@ -74,10 +74,10 @@ def settings_differ(spec: RunSpec, config: RunConfig, run_dir: Path, what: str =
     if not path.is_file():
         return []
     try:
-        stored = flatten(from_dict(with_stored_defaults(json.loads(path.read_text()))).to_dict())
+        stored = run_settings(from_dict(with_stored_defaults(json.loads(path.read_text()))))
     except (ValueError, EdvaeError) as exc:
         raise EdvaeError(f"{what} {spec.name}: {path} is not a run config ({exc})") from None
-    planned = flatten(config.to_dict())
+    planned = run_settings(config)
     return [f"{k} ({stored.get(k)!r} there, {planned.get(k)!r} planned)"
             for k in sorted(set(stored) | set(planned))
             if k not in NOT_SETTINGS and stored.get(k) != planned.get(k)]

@@ -311,6 +311,15 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def run_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The config flattened for telling two runs apart, every quantizer option at its value: one
+    left unset reads as its default, so it is the same run as the option set to that default."""
+    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k != "model.options"}
+    for name, default in QUANTIZERS[cfg.model.method].option_defaults().items():
+        flat.setdefault(f"model.options.{name}", default)
+    return flat
+
+
 def resume_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The keys (flattened) whose values differ between a stored config and the one given for its
     resumption, but for where it runs (RESUMABLE_CHANGES) and a larger train.steps; each shown

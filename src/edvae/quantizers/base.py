@@ -114,6 +114,12 @@ class Quantizer(nn.Module):
             out[p.name] = kind
         return out
 
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """{option: its default value}, from the signature of `__init__`."""
+        params = inspect.signature(cls.__init__).parameters
+        return {name: params[name].default for name in cls.option_types()}
+
     def is_flag_set(self, name: str) -> bool:
         """Whether the 0/1 buffer `name` (e.g. `kmeans_done`) is set. A set flag is read from the
         device once and then remembered, so the steps after it cost no host synchronisation;
