@@ -63,16 +63,6 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=start).reshape(dims)
 
 
-def write_idx(path: str | Path, array: np.ndarray) -> None:
-    """Write a uint8 array as an IDX file, gzipped (reproducibly) if the name ends in .gz."""
-    a = np.ascontiguousarray(array, dtype=np.uint8)
-    data = struct.pack(f">I{a.ndim}I", 0x800 + a.ndim, *a.shape) + a.tobytes()
-    path = Path(path)
-    if path.suffix == ".gz":
-        data = gzip.compress(data, compresslevel=9, mtime=0)
-    path.write_bytes(data)
-
-
 def _locate(folder: Path, base: str) -> Path | None:
     for name in (base + ".gz", base):
         if (folder / name).is_file():
@@ -135,12 +125,3 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None, *,
         name="fashion-mnist", channels=x.shape[1], size=x.shape[2], images=x,
         labels=torch.from_numpy(labels.astype(np.int64)), source=str(folder),
     )
-
-
-def make_subset(src: Path = DEBIAN_DIR, dest: Path = SUBSET_DIR,
-                n_train: int = 6000, n_test: int = 1000) -> None:
-    """Write the first images/labels of each split from `src` to `dest` (IDX, gzipped)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for base, magic in zip(FILES[split], (IMAGES_MAGIC, LABELS_MAGIC), strict=True):
-            write_idx(dest / (base + ".gz"), read_idx(_locate(src, base), magic)[:n])
