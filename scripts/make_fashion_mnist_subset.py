@@ -1,13 +1,12 @@
 """Write the Fashion-MNIST subset shipped in the package (the first 6,000 train and 1,000 test
 images and labels, gzipped IDX, byte-reproducible) from a full copy of the data set.
 
-    python scripts/make_fashion_mnist_subset.py [SRC] [DEST]
-
-SRC defaults to the Debian package's folder, DEST to the package's resources/fashion-mnist-subset.
+    python scripts/make_fashion_mnist_subset.py [--src SRC] [--dest DEST]
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import struct
 import sys
@@ -27,15 +26,24 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
 
 
-def main(src: Path = DEBIAN_DIR, dest: Path = SUBSET_DIR) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--src", type=Path, default=DEBIAN_DIR, help="the full set (default %(default)s)")
+    parser.add_argument("--dest", type=Path, default=SUBSET_DIR, help="default: the package's subset folder")
+    args = parser.parse_args()
+    sources = {}
+    for split in COUNTS:
+        for base in FILES[split]:
+            found = [args.src / name for name in (base + ".gz", base) if (args.src / name).is_file()]
+            if not found:
+                print(f"error: {args.src}: neither {base}.gz nor {base} found", file=sys.stderr)
+                sys.exit(2)
+            sources[base] = found[0]
+    args.dest.mkdir(parents=True, exist_ok=True)
     for split, n in COUNTS.items():
         for base, magic in zip(FILES[split], (IMAGES_MAGIC, LABELS_MAGIC), strict=True):
-            found = [src / name for name in (base + ".gz", base) if (src / name).is_file()]
-            if not found:
-                sys.exit(f"{src}: neither {base}.gz nor {base} found")
-            write_idx(dest / (base + ".gz"), read_idx(found[0], magic)[:n])
+            write_idx(args.dest / (base + ".gz"), read_idx(sources[base], magic)[:n])
 
 
 if __name__ == "__main__":
-    main(*(Path(a) for a in sys.argv[1:3]))
+    main()

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from edvae.data import fashion_mnist
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 from paired_seeds import two_sided_p  # noqa: E402
 
@@ -107,8 +109,21 @@ def test_every_script_answers_help_with_its_usage(script):
     (("quantizer_fingerprint.py", "check", "NOPE"), "error: no fingerprint NOPE.safetensors"),
     (("plot_width_series.py", "--out", "w.png", "16=NOPE.json"), "error: NOPE.json: not a readable"),
     (("paired_seeds.py", "NOPE"), "error: NOPE: not a readable"),
+    (("make_fashion_mnist_subset.py", "--src", "NOPE", "--dest", "out"),
+     "error: NOPE: neither train-images-idx3-ubyte.gz nor train-images-idx3-ubyte found"),
 ], ids=lambda a: a[0] if isinstance(a, tuple) else "")
 def test_a_script_given_a_missing_input_says_so_in_one_line_exit_2_and_writes_nothing(tmp_path, args, says):
     done = run_script(*args, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith(says) and done.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not fashion_mnist.DEBIAN_DIR.is_dir(), reason="needs the dataset-fashion-mnist package")
+def test_the_packaged_fashion_mnist_subset_is_rebuilt_byte_for_byte_from_the_full_set(tmp_path):
+    done = run_script("make_fashion_mnist_subset.py", "--src", str(fashion_mnist.DEBIAN_DIR),
+                      "--dest", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    shipped = sorted(p.name for p in fashion_mnist.SUBSET_DIR.glob("*.gz"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == shipped and len(shipped) == 4
+    for name in shipped:  # the first 6,000 / 1,000 images and labels of each split
+        assert (tmp_path / name).read_bytes() == (fashion_mnist.SUBSET_DIR / name).read_bytes(), name
