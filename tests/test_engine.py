@@ -1,5 +1,6 @@
-"""The training engine (engine/loop.py): what `fit` does for every loop on it, on a toy model, and
-the exact resume of the FD classifier, the smallest loop on it."""
+"""The training engine (engine/loop.py, engine/runtime.py): what `fit` does for every loop on it,
+on a toy model; the exact resume of the FD classifier, the smallest loop on it; the warning of
+emulated bf16 on a CPU."""
 
 import json
 
@@ -9,10 +10,17 @@ from safetensors.torch import load_file
 from torch import nn
 
 from edvae import checkpoint, fd_classifier
+from edvae.bench import warn_slow_bf16
+from edvae.cli import main
+from edvae.config import from_dict
 from edvae.data import load_dataset
 from edvae.engine.loop import Fit, Phase, StepOutput, fit
-from edvae.engine.runtime import BatchOrder
+from edvae.engine.runtime import BatchOrder, slow_bf16_warning
 from edvae.errors import Diverged, EdvaeError
+
+TINY = ["--set", "model.width=4", "--set", "model.codebook_size=32", "--set", "model.codebook_dim=4"]
+SYNTH = ["--dataset", "synthetic", "--set", "train.limit_train=16", "--set", "train.limit_test=8",
+         "--set", "train.batch_size=4"]
 
 
 class Toy:
@@ -135,3 +143,32 @@ def test_the_fd_classifier_resumes_exactly(tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
     plain, _ = fd_classifier.train_classifier(train, **kw)  # no folder: the same network
     assert all(torch.equal(a[k], plain.state_dict()[k]) for k in a)
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "DEFAULT"])
+def test_bf16_on_a_cpu_without_avx512_gets_a_one_line_warning(monkeypatch, capability):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    warning = slow_bf16_warning(torch.device("cpu"), "bf16")
+    assert warning.startswith("warning:") and "\n" not in warning
+    assert f"capability {capability}" in warning and "train.precision=fp32" in warning
+    for precision in ("fp32", "auto"):  # auto is fp32 on a CPU: nothing to warn of
+        assert slow_bf16_warning(torch.device("cpu"), precision) is None
+    assert slow_bf16_warning(torch.device("cuda"), "bf16") is None
+
+
+@pytest.mark.parametrize("capability", ["AVX512", "SVE256", "VSX"])
+def test_bf16_on_a_cpu_with_wider_vectors_is_not_warned_of(monkeypatch, capability):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert slow_bf16_warning(torch.device("cpu"), "bf16") is None
+
+
+def test_a_grid_warns_of_slow_bf16_once_and_a_training_run_at_its_start(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    bf16 = from_dict({"train": {"precision": "bf16", "device": "cpu"}})
+    warn_slow_bf16([from_dict({}), bf16, bf16])
+    assert capsys.readouterr().err.count("warning: bf16 autocast") == 1
+    warn_slow_bf16([from_dict({}), from_dict({"train": {"device": "cpu"}})])
+    assert capsys.readouterr().err == ""
+    assert main(["train", "--method", "dvae", "--steps", "2", "--no-progress", *SYNTH, *TINY,
+                 "--set", "train.precision=bf16", "--out", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().err.count("warning: bf16 autocast on this CPU (torch capability AVX2") == 1

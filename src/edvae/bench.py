@@ -31,6 +31,7 @@ from typing import Any
 
 from .checkpoint import CONFIG_FILE, DIVERGED_FILE, STATE_FILE, divergence
 from .config import RunConfig, config_data, from_dict, run_settings, with_stored_defaults
+from .engine.runtime import pick_device, slow_bf16_warning
 from .errors import EdvaeError
 from .progress import LiveDisplay, Snapshot, last_step
 
@@ -47,6 +48,16 @@ class RunSpec:
     config: str | None  # YAML file, or None for the defaults
     overrides: list[str] = field(default_factory=list)  # KEY=VALUE after the method and seed, in order
     labels: dict[str, Any] = field(default_factory=dict)  # what the reports group by
+
+
+def warn_slow_bf16(configs) -> None:
+    """Once per grid, on stderr: the first CPU run under bf16 autocast on a CPU that emulates it."""
+    for cfg in configs:
+        if cfg.train.device in ("auto", "cpu"):
+            warning = slow_bf16_warning(pick_device(cfg.train.device), cfg.train.precision)
+            if warning:
+                print(warning, file=sys.stderr)
+                return
 
 
 def config_of(spec: RunSpec) -> RunConfig:
@@ -214,6 +225,7 @@ def run_specs(specs: list[RunSpec], out: Path, jobs: int, threads: int, what: st
     naming the failed runs. {name: config}."""
     configs = validate_runs(specs, what)
     check_existing(specs, configs, out, what)
+    warn_slow_bf16(configs.values())
     out.mkdir(parents=True, exist_ok=True)
     tasks = [train_task(s, out / s.name, configs[s.name].train.steps, threads) for s in specs]
     if extra_tasks is not None:

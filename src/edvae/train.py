@@ -15,6 +15,7 @@ logit methods.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from .config import RunConfig, merge_for_resume
 from .data import ImageSet, to_model_input
 from .engine import ddp
 from .engine.loop import Fit, Phase, StepOutput, fit
-from .engine.runtime import BatchOrder, autocast_for, pick_device, session, step_seed
+from .engine.runtime import BatchOrder, autocast_for, pick_device, session, slow_bf16_warning, step_seed
 from .errors import EdvaeError
 from .evaluate import evaluate, write_eval
 from .metrics import code_counts, perplexity
@@ -168,6 +169,9 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
 def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, evaluate_at_end: bool,
            group: ddp.Group, device: torch.device) -> dict[str, Any] | None:
     t = cfg.train
+    warning = slow_bf16_warning(device, t.precision)
+    if warning and group.main:
+        print(warning, file=sys.stderr)
     train_set, test_set = load_splits(cfg, device)
     cfg.model.channels, cfg.model.image_size = train_set.channels, train_set.size
     torch.manual_seed(t.seed)
