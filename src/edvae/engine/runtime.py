@@ -38,12 +38,13 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext()
 
 
-# torch's x86 CPU capabilities below AVX-512: bf16 arithmetic there is emulated, not native
+# torch's CPU capabilities without native bf16 (x86 below AVX-512; DEFAULT: no vector extension
+# torch dispatches to, on any architecture): bf16 arithmetic there is emulated
 SLOW_BF16_CAPABILITIES = ("DEFAULT", "NO AVX", "AVX", "AVX2")
 
 
 def slow_bf16_warning(device: torch.device, precision: str) -> str | None:
-    """A one-line warning when bf16 autocast is asked for on a CPU without AVX-512, else None.
+    """A one-line warning when bf16 autocast is asked for on a CPU that emulates it, else None.
     There a width-64 step took 12x as long as in fp32 (benchmarks/results/cpu_precision_avx2.json),
     where a CPU with native bf16 about halves it (docs/results.md, protocol B)."""
     if precision != "bf16" or device.type != "cpu":
@@ -51,7 +52,7 @@ def slow_bf16_warning(device: torch.device, precision: str) -> str | None:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in SLOW_BF16_CAPABILITIES:
         return None
-    return (f"warning: bf16 autocast on this CPU (torch capability {capability}, no AVX-512) is "
+    return (f"warning: bf16 autocast on this CPU (torch capability {capability}) is "
             "emulated: about 12x the fp32 step time (benchmarks/results/cpu_precision_avx2.json); "
             "train.precision=fp32 or auto avoids it")
 
