@@ -26,6 +26,7 @@ from edvae.data import (
     to_uint8,
 )
 from edvae.data.download import DownloadError, download, extract_tar
+from edvae.data.images import read_image_file
 from edvae.errors import EdvaeError
 
 RNG = np.random.default_rng(0)
@@ -421,6 +422,24 @@ def test_folder_splits_size_inference_and_empty(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EdvaeError, match="no images"):
         load_dataset("folder", root=tmp_path / "empty")
+
+
+def test_read_image_file_checks_and_converts(tmp_path):
+    grey = np.arange(36, dtype=np.uint8).reshape(6, 6)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    Image.new("RGB", (6, 4), (10, 200, 30)).save(tmp_path / "wide.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    x = read_image_file(tmp_path / "grey.png", 1, 6)
+    assert x.dtype == torch.uint8 and torch.equal(x, torch.from_numpy(grey)[None])
+    rgb = read_image_file(tmp_path / "grey.png", 3)  # converted: every channel the grey value
+    assert rgb.shape == (3, 6, 6) and torch.equal(rgb[1], x[0])
+    assert read_image_file(tmp_path / "wide.png", 3)[:, 0, 0].tolist() == [10, 200, 30]
+    with pytest.raises(EdvaeError, match="wide.png: is 6x4, the model takes 6x6"):
+        read_image_file(tmp_path / "wide.png", 3, 6)
+    with pytest.raises(EdvaeError, match="grey.png: has 1 channel.s., the model takes 3"):
+        read_image_file(tmp_path / "grey.png", 3, same_channels=True)
+    with pytest.raises(EdvaeError, match="bad.png"):
+        read_image_file(tmp_path / "bad.png", 1)
 
 
 # ---------------------------------------------------------------- synthetic and common

@@ -40,12 +40,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from . import fd_classifier, inception_weights
 from .data import ImageSet, to_uint8
 from .data.folder import EXTENSIONS, list_images
-from .data.images import adapt
+from .data.images import adapt, read_image_file
 from .engine.runtime import pick_device
 from .errors import EdvaeError
 from .fd_classifier import load_classifier
@@ -136,23 +135,12 @@ def read_image_folder(folder: str | Path, channels: int, size: int | None = None
                       limit: int | None = None) -> torch.Tensor:
     """Images of a folder as uint8 (N, channels, H, W); all must share one size (`size` if given)."""
     files = image_files(folder)[:limit]
-    images, shape = [], None
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise EdvaeError(f"{path}: not a readable image ({exc})") from None
-        if size is not None and arr.shape[:2] != (size, size):
-            raise EdvaeError(f"{path}: is {arr.shape[1]}x{arr.shape[0]}, the features take {size}x{size}")
-        if shape is None:
-            shape = arr.shape
-        elif arr.shape != shape:
-            raise EdvaeError(f"{path}: is {arr.shape[1]}x{arr.shape[0]}, the first image of {folder} "
-                             f"is {shape[1]}x{shape[0]}; one size per folder")
-        images.append(torch.from_numpy(arr.copy()))
-    x = torch.stack(images)
-    return x[:, None] if channels == 1 else x.permute(0, 3, 1, 2).contiguous()
+    images = [read_image_file(path, channels, size, taker="the features") for path in files]
+    for path, image in zip(files, images, strict=True):
+        if image.shape != images[0].shape:
+            raise EdvaeError(f"{path}: is {image.shape[2]}x{image.shape[1]}, the first image of {folder} "
+                             f"is {images[0].shape[2]}x{images[0].shape[1]}; one size per folder")
+    return torch.stack(images)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import atomic_write_text
 from .data.folder import list_images
+from .data.images import read_image_file
 from .engine.runtime import pick_device
 from .errors import EdvaeError
 from .model import DiscreteVAE
@@ -33,32 +33,12 @@ def _image_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _read_image(path: Path, channels: int, size: int) -> torch.Tensor:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode not in ("L", "RGB", "RGBA", "LA", "P", "I;16", "1"):
-                raise EdvaeError(f"{path}: unsupported image mode {mode}")
-            is_grey = mode in ("L", "LA", "I;16", "1")
-            if (channels == 1) != is_grey:
-                raise EdvaeError(f"{path}: has {'1' if is_grey else '3'} channel(s), "
-                                 f"the model takes {channels}")
-            if im.size != (size, size):
-                raise EdvaeError(f"{path}: is {im.size[0]}x{im.size[1]}, the model takes {size}x{size}")
-            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise EdvaeError(f"{path}: not a readable image ({exc})") from None
-    t = torch.from_numpy(arr.copy())
-    return t[None] if channels == 1 else t.permute(2, 0, 1)
-
-
 def encode_files(run_dir: str, inputs: list[str], output: Path, device: str = "auto",
                  batch_size: int = 256) -> int:
     model = DiscreteVAE.load(run_dir, pick_device(device))
     files = _image_files(inputs)
     c, s = model.config.channels, model.config.image_size
-    images = torch.stack([_read_image(f, c, s) for f in files])
+    images = torch.stack([read_image_file(f, c, s, same_channels=True) for f in files])
     codes = torch.cat([model.encode(images[i:i + batch_size]).cpu()
                        for i in range(0, len(images), batch_size)])
     output.parent.mkdir(parents=True, exist_ok=True)

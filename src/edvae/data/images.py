@@ -190,6 +190,20 @@ def open_image(path: str | Path | Any, what: str | None = None) -> Image.Image:
     return img
 
 
+def read_image_file(path: Path, channels: int, size: int | None = None, *,
+                    same_channels: bool = False, taker: str = "the model") -> torch.Tensor:
+    """An image file as uint8 (channels, H, W): the one reader of image files (data sets read
+    through streaming_set). `size`: it must be size x size; `same_channels`: a grey file for 1
+    channel and a colour one for 3, instead of converting."""
+    img = open_image(path)
+    has = 1 if img.mode in GRAY_MODES else 3
+    if same_channels and has != channels:
+        raise EdvaeError(f"{path}: has {has} channel(s), {taker} takes {channels}")
+    if size is not None and img.size != (size, size):
+        raise EdvaeError(f"{path}: is {img.size[0]}x{img.size[1]}, {taker} takes {size}x{size}")
+    return pil_to_tensor(convert(img, channels))
+
+
 def convert(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
