@@ -25,7 +25,7 @@ from edvae.data import (
     to_model_input,
     to_uint8,
 )
-from edvae.data.download import DownloadError, download, extract_tar
+from edvae.data.download import DownloadError, download, extract_tar, sha256sum
 from edvae.data.images import read_image_file
 from edvae.errors import EdvaeError
 
@@ -146,6 +146,14 @@ def test_download_md5(tmp_path):
     with pytest.raises(DownloadError, match="127.0.0.1"):
         download("http://127.0.0.1:9/x", dest_dir / "x", None)
     assert sorted(p.name for p in dest_dir.iterdir()) == ["file.bin"]
+
+
+def test_sha256sum_reads_the_whole_file_in_blocks(tmp_path):
+    (tmp_path / "abc").write_bytes(b"abc")  # the FIPS 180-2 test vector
+    assert sha256sum(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    big = bytes(range(256)) * 9000  # over two 1 MiB blocks
+    (tmp_path / "big").write_bytes(big)
+    assert sha256sum(tmp_path / "big") == hashlib.sha256(big).hexdigest()
 
 
 def test_extract_tar_refuses_unsafe_paths(tmp_path):

@@ -18,6 +18,7 @@ from edvae import checkpoint, fd_classifier, inception_weights
 from edvae.cli import main
 from edvae.config import from_dict
 from edvae.data import load_dataset
+from edvae.data.download import sha256sum
 from edvae.errors import EdvaeError
 from edvae.fid import (
     classifier_extractor,
@@ -308,7 +309,7 @@ def test_without_weights_fid_names_where_to_get_them(tmp_path, monkeypatch, caps
 
 def test_fid_protocols_with_inception_features(tmp_path, monkeypatch, capsys):
     weights = random_weights_file(tmp_path / "random-inception.pth")
-    monkeypatch.setattr(inception_weights, "INCEPTION_SHA256", inception_weights.sha256_file(weights))
+    monkeypatch.setattr(inception_weights, "INCEPTION_SHA256", sha256sum(weights))
     run = make_run(tmp_path / "run")
     train = load_dataset("synthetic", "train", limit=256, seed=0)  # the run's training split
     samples = write_pngs(tmp_path / "samples", train.images[:3])

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from edvae import inception_weights
+from edvae.data.download import sha256sum
 from edvae.errors import EdvaeError
 from edvae.fid import frechet_distance_of_features
 from edvae.inception import FIDInceptionV3, inception_input, resize_bilinear_tf1
@@ -91,7 +92,7 @@ def weights(tmp_path_factory):
     state = random_inception_state()
     path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
     torch.save(state, path)
-    return state, path, inception_weights.sha256_file(path)
+    return state, path, sha256sum(path)
 
 
 @pytest.fixture(scope="module")

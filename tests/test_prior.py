@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from edvae import checkpoint
 from edvae.cli import main
 from edvae.config import from_dict
+from edvae.data.download import sha256sum
 from edvae.errors import EdvaeError
 from edvae.model import DiscreteVAE
 from edvae.prior import codes as codes_mod
@@ -149,7 +150,7 @@ def test_sampling_rejects_bad_settings():
 
 def write_codes(run: Path, cache: Path, train: torch.Tensor, test: torch.Tensor) -> None:
     """Put structured code maps into the cache, as if the run's model had made them."""
-    sha = codes_mod.file_sha256(run / checkpoint.MODEL_FILE)
+    sha = sha256sum(run / checkpoint.MODEL_FILE)
     cache.mkdir(parents=True, exist_ok=True)
     for split, c in (("train", train), ("test", test)):
         meta = {"format": codes_mod.CODES_FORMAT, "model_sha256": sha, "split": split}

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .errors import EdvaeError
 
@@ -45,15 +45,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata)
+    atomic_write_bytes(Path(path), data)
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], mismatch: str) -> None:
+    """`module.load_state_dict(tensors)`; EdvaeError "`mismatch`: why" if they do not fit."""
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise EdvaeError(f"{mismatch}: {exc}") from None
+
+
+def _read(path: Path, fmt: str = FORMAT) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and metadata, checked to be edvae's format `fmt`."""
     path = Path(path)
     if not path.is_file():
         raise EdvaeError(f"checkpoint not found: {path}")
@@ -63,7 +68,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise EdvaeError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") != fmt:
         raise EdvaeError(f"checkpoint {path} is not an edvae checkpoint (format {metadata.get('format')!r})")
     return tensors, metadata
 
@@ -103,10 +108,7 @@ def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     """Restore model and optimizer in place; returns the number of steps done."""
     tensors, metadata = _read(path)
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(model_sd)
-    except RuntimeError as exc:
-        raise EdvaeError(f"checkpoint {path} does not fit the model: {exc}") from None
+    load_into(model, model_sd, f"checkpoint {path} does not fit the model")
     params = dict(model.named_parameters())
     for key, value in tensors.items():
         if not key.startswith("optim."):

@@ -339,12 +339,6 @@ def pretraining_margin(cfg: StudyConfig, summary: dict[str, list[dict[str, Any]]
 
 def config_from_args(**values: Any) -> StudyConfig:
     """A StudyConfig from keyword arguments; None keeps the default, lists become tuples."""
-    fields = {f.name for f in dataclasses.fields(StudyConfig)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise EdvaeError(f"unknown study option {key}")
-        if value is not None:
-            kwargs[key] = tuple(value) if isinstance(value, list) else value
-    return StudyConfig(**kwargs).check()
+    return StudyConfig(**{k: tuple(v) if isinstance(v, list) else v
+                          for k, v in values.items() if v is not None}).check()
 

@@ -13,13 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .data import DATASETS
 from .errors import EdvaeError
 from .quantizers import QUANTIZERS
 from .schedules import LR_SCHEDULES
-from .yaml_values import load_yaml, parse_value
+from .yaml_values import load_yaml_file, parse_value
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ARCHITECTURES = ("dalle", "vqvae")
@@ -101,12 +99,13 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+# by field name, in every config built here (the VAE's and the prior's, prior/train_prior.py)
 _POSITIVE = {"channels", "image_size", "codebook_size", "codebook_dim", "width", "first_kernel",
              "steps", "batch_size", "lr_anneal_steps", "schedule_steps", "log_every",
-             "eval_subset", "eval_batch_size", "temperature_init"}
+             "eval_subset", "eval_batch_size", "temperature_init", "size", "blocks", "heads"}
 _NON_NEGATIVE = {"lr", "lr_min", "beta_ramp_steps", "temperature_decay",
                  "temperature_min", "threads", "eval_every", "checkpoint_every", "init_std",
-                 "pretrain_steps"}
+                 "pretrain_steps", "res_blocks", "embed_dim"}
 
 
 def _number(value: Any) -> bool:
@@ -230,16 +229,7 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise EdvaeError(f"config file not found: {path}")
-    try:
-        data = load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise EdvaeError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise EdvaeError(f"config file {path} must hold a mapping")
-    return data
+    return load_yaml_file(Path(path), "config")
 
 
 def config_data(path: str | Path | None, values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

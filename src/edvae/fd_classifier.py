@@ -159,9 +159,6 @@ def load_classifier(path: str | Path) -> FeatureClassifier:
     if info.get("kind") != KIND:
         raise EdvaeError(f"{path} is not an edvae feature classifier (kind {info.get('kind')!r})")
     net = FeatureClassifier(info["channels"], info["size"], info["classes"], info["width"])
-    try:
-        net.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise EdvaeError(f"{path} does not fit its own description: {exc}") from None
+    checkpoint.load_into(net, tensors, f"{path} does not fit its own description")
     net.info = info  # type: ignore[attr-defined]
     return net.eval()

@@ -24,13 +24,13 @@ torch-fidelity keep the file they downloaded) is searched for either name.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from .data.download import sha256sum
 from .errors import EdvaeError
 from .inception import FIDInceptionV3
 
@@ -50,14 +50,6 @@ def where_to_get() -> str:
     """Short: the command line cuts an error message at 500 characters (the URL is in --help)."""
     return (f"get the file of SHA-256 {INCEPTION_SHA256} (pytorch-fid's release fid_weights), "
             "pass --inception-weights FILE")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_weights_file(path: str | Path | None) -> Path:
@@ -122,7 +114,7 @@ def load_fid_inception(path: str | Path, device: torch.device | str = "cpu",
     standard file's, INCEPTION_SHA256; tests pass the hash of a file of random weights)."""
     path, expected = Path(path), sha256 or INCEPTION_SHA256
     try:
-        got = sha256_file(path)
+        got = sha256sum(path)
     except OSError as exc:
         raise EdvaeError(f"{path}: cannot read the InceptionV3 weights ({exc.strerror or exc})") from None
     if got != expected:

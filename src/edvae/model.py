@@ -91,8 +91,5 @@ class DiscreteVAE(nn.Module):
             path = path / checkpoint.MODEL_FILE
         tensors, config = checkpoint.load_model_tensors(path)
         model = cls(from_dict(config).model)
-        try:
-            model.load_state_dict(tensors)
-        except RuntimeError as exc:
-            raise EdvaeError(f"{path} does not fit its own config: {exc}") from None
+        checkpoint.load_into(model, tensors, f"{path} does not fit its own config")
         return model.to(device).eval()

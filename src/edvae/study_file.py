@@ -31,13 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .bench import RunSpec, config_of
 from .config import flatten
 from .errors import EdvaeError
 from .quantizers import QUANTIZERS
-from .yaml_values import load_yaml
+from .yaml_values import load_yaml_file
 
 SCALES = ("paper", "cpu-small")
 PROTOCOLS = {"A": "fashion-mnist-cpu.yaml", "B": "fashion-mnist-cpu-w32.yaml",
@@ -143,13 +141,7 @@ def _figures(data: dict[str, Any], study: Path) -> list[dict[str, Any]]:
 
 def load_study(path: str | Path) -> Study:
     path = Path(path)
-    if not path.is_file():
-        raise EdvaeError(f"study file not found: {path}")
-    try:
-        data = load_yaml(path.read_text())
-    except yaml.YAMLError as exc:
-        raise EdvaeError(f"study file {path} is not valid YAML: {exc}") from None
-    data = _mapping(data, f"study file {path}")
+    data = load_yaml_file(path, "study")
     unknown = sorted(set(data) - KEYS)
     if unknown:
         raise EdvaeError(f"study {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(KEYS))})")

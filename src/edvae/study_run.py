@@ -27,8 +27,7 @@ def study_plan(path: str | Path, scale: str, extra_set: list[str] | None = None,
     """The study's runs at the scale, every config validated (EdvaeError naming the entry); with
     `only`, just the runs whose names match one of its patterns (`fashion-mnist/edvae-*`), so that
     a study can be split over machines or sessions into one output folder."""
-    p = plan(load_study(path), scale, extra_set)
-    validate_runs(p.runs)
+    p = plan(load_study(path), scale, extra_set)  # every run's config built, the names unique
     for pattern in only or []:
         if not any(fnmatchcase(r.name, pattern) for r in p.runs):
             raise EdvaeError(f"--only {pattern}: no run of {p.study.name} at {scale} has that name "

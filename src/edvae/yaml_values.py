@@ -7,9 +7,12 @@ PyYAML follows YAML 1.1, which reads `5e-6` or `1e3` (no dot) as strings; a conf
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .errors import EdvaeError
 
 
 class _Loader(yaml.SafeLoader):
@@ -23,6 +26,20 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("
 def load_yaml(text: str) -> Any:
     """Parse YAML text (safe tags only); `5e-6` is the float 5e-06."""
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe tags only
+
+
+def load_yaml_file(path: Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds (empty: {}); EdvaeError naming the `what` file if it is missing,
+    not YAML or not a mapping."""
+    if not path.is_file():
+        raise EdvaeError(f"{what} file not found: {path}")
+    try:
+        data = load_yaml(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise EdvaeError(f"{what} file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise EdvaeError(f"{what} file {path} must hold a mapping")
+    return data
 
 
 def parse_value(raw: str) -> Any:

@@ -32,6 +32,10 @@ def md5sum(path: str | Path) -> str:
     return file_digest(path, "md5")
 
 
+def sha256sum(path: str | Path) -> str:
+    return file_digest(path, "sha256")
+
+
 def download(url: str, dest_path: str | Path, md5: str | None, timeout: float = 60.0) -> Path:
     """Fetch `url` to `dest_path` via a temporary file and an atomic rename.
 

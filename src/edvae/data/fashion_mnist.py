@@ -107,7 +107,6 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None, *,
                        download: bool = False, size: int | None = None,
                        channels: int | None = None, limit: int | None = None) -> InMemoryImages:
     """Fashion-MNIST `split` ("train"/"test") as uint8 (N, 1, 32, 32) with int64 labels."""
-    check_split("fashion-mnist", split)
     check_limit(limit)
     folder = fashion_mnist_source(split, root, download)
     image_file, label_file = (_locate(folder, base) for base in FILES[split])

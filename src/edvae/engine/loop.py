@@ -77,7 +77,6 @@ class Fit:
     out: Path | None = None  # the run folder; None: nothing is written
     fields: tuple[str, ...] = ("step", "loss", "lr", "seconds")  # metrics.csv's columns
     config: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
-    state_file: str = checkpoint.STATE_FILE
     model_file: str | None = checkpoint.MODEL_FILE  # None: no model file at the end
     group: Group = field(default_factory=Group)
     progress: str | None = None  # the progress bar's label; None: no bar
@@ -101,13 +100,13 @@ class Fit:
         """Load the last checkpoint into model and optimizer; the number of steps it holds."""
         if self.out is None:
             raise EdvaeError("a run without a folder cannot resume")
-        return checkpoint.load_state(self.out / self.state_file, self.model, self.optimizer)
+        return checkpoint.load_state(self.out / checkpoint.STATE_FILE, self.model, self.optimizer)
 
     def phase_at(self, step: int) -> Phase:
         return next(p for p in self.phases if step < p.end)
 
     def save_state(self, done: int) -> None:
-        checkpoint.save_state(self.out / self.state_file, self.model, self.optimizer, done, self.config)
+        checkpoint.save_state(self.out / checkpoint.STATE_FILE, self.model, self.optimizer, done, self.config)
 
 
 def fit(f: Fit, start: int = 0) -> None:

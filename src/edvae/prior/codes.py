@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
 from .. import checkpoint
 from ..config import RunConfig
 from ..data import ImageSet
-from ..data.download import file_digest
+from ..data.download import sha256sum
+from ..errors import EdvaeError
 from ..model import DiscreteVAE
 from ..run_folder import load_split, run_config, run_model_file
 
@@ -26,10 +25,6 @@ CODES_FORMAT = "edvae-codes-1"
 
 def codes_file(folder: str | Path, split: str) -> Path:
     return Path(folder) / f"codes-{split}.safetensors"
-
-
-def file_sha256(path: str | Path) -> str:
-    return file_digest(path, "sha256")
 
 
 @torch.no_grad()
@@ -45,17 +40,11 @@ def encode_images(model: DiscreteVAE, data: ImageSet, batch_size: int = 256) -> 
 
 
 def _read_cache(path: Path) -> tuple[torch.Tensor, dict[str, str]] | None:
-    if not path.is_file():
-        return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        codes = load_file(str(path))["codes"]
-    except (SafetensorError, OSError, KeyError, ValueError):
-        return None  # unreadable: encode again and replace it
-    if meta.get("format") != CODES_FORMAT:
-        return None
-    return codes, meta
+        tensors, meta = checkpoint._read(path, CODES_FORMAT)
+        return tensors["codes"], meta
+    except (EdvaeError, KeyError):
+        return None  # missing or unreadable: encode again and replace it
 
 
 def cached_codes(run_dir: str | Path, cache_dir: str | Path, split: str, *,
@@ -65,7 +54,7 @@ def cached_codes(run_dir: str | Path, cache_dir: str | Path, split: str, *,
     """The code maps of `split` of the run's dataset, from the cache in `cache_dir` when it was made
     by this run's model file, else encoded now and cached. Returns int16/int32 (N, h, w) on the CPU."""
     model_file = run_model_file(run_dir)
-    sha = file_sha256(model_file)
+    sha = sha256sum(model_file)
     path = codes_file(cache_dir, split)
     cfg = cfg or run_config(run_dir)
     hit = _read_cache(path)

@@ -23,7 +23,7 @@ The attention's numerics (scores, softmax) run in float32 even under autocast.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +42,6 @@ class PixelSNAILConfig:
     embed_dim: int = 0  # code embedding width; 0 = channels
     heads: int = 1  # attention heads (authors' code: 1)
     dropout: float = 0.1  # rosinality/vq-vae-2-pytorch's prior default
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # Sizes per code-map size. The paper gives none; these are edvae's choices. The 32x32 preset is

@@ -24,12 +24,12 @@ import torch
 from PIL import Image
 
 from ..checkpoint import atomic_write_text
+from ..data.download import sha256sum
 from ..engine.runtime import pick_device
 from ..errors import EdvaeError
 from ..model import DiscreteVAE
 from ..plots import image_grid, save_png
 from ..run_folder import run_model_file
-from .codes import file_sha256
 from .pixelsnail import PixelSNAIL
 from .train_prior import load_prior
 
@@ -93,7 +93,7 @@ def sample_run(run_dir: str | Path, n: int, prior_dir: str | Path | None = None,
         raise EdvaeError(f"the prior in {prior_dir} takes {cfg.model.size}x{cfg.model.size} maps of "
                          f"{cfg.model.codebook_size} codes; the run's model makes {vae.latent_size}x"
                          f"{vae.latent_size} maps of {vae.config.codebook_size}")
-    if cfg.source.get("model_sha256") not in (None, file_sha256(model_file)):
+    if cfg.source.get("model_sha256") not in (None, sha256sum(model_file)):
         raise EdvaeError(f"the prior in {prior_dir} was fitted to the codes of another model "
                          f"than {model_file}")
     out = Path(out) if out is not None else default_samples_dir(

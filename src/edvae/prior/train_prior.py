@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .. import checkpoint
 from ..config import DEVICES, PRECISIONS, _build, lay_over, resume_differences
+from ..data.download import sha256sum
 from ..engine.loop import Fit, Phase, StepOutput, fit
 from ..engine.runtime import BatchOrder, session
 from ..errors import EdvaeError
@@ -36,7 +37,7 @@ from ..model import DiscreteVAE
 from ..run_folder import read_json, run_config, run_model_file
 from ..schedules import cosine_anneal
 from ..yaml_values import parse_value
-from .codes import cached_codes, file_sha256, unigram_bits
+from .codes import cached_codes, unigram_bits
 from .pixelsnail import PRESETS, PixelSNAIL, PixelSNAILConfig, preset_for
 
 PRIOR_FILE = "prior.safetensors"
@@ -85,12 +86,6 @@ def prior_config_from_dict(data: dict[str, Any]) -> PriorRunConfig:
         raise EdvaeError(f"config key train.device must be one of {DEVICES}, got {train.device!r}")
     if train.precision not in PRECISIONS:
         raise EdvaeError(f"config key train.precision must be one of {PRECISIONS}, got {train.precision!r}")
-    for key in ("size", "blocks", "heads"):
-        if getattr(model, key) < 1:
-            raise EdvaeError(f"config key model.{key} must be positive, got {getattr(model, key)}")
-    for key in ("res_blocks", "embed_dim"):
-        if getattr(model, key) < 0:
-            raise EdvaeError(f"config key model.{key} must be >= 0, got {getattr(model, key)}")
     if not 0.0 <= model.dropout < 1.0:
         raise EdvaeError(f"config key model.dropout must lie in [0, 1), got {model.dropout}")
     if model.channels % model.heads:
@@ -140,14 +135,6 @@ def _prepare_out(out: Path, resume: bool) -> PriorRunConfig | None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EdvaeError(f"--out {out} already holds files; pick a new folder or pass --resume")
     return None
-
-
-def check_code_maps(codes: torch.Tensor, cfg: PixelSNAILConfig, what: str) -> None:
-    s, k = cfg.size, cfg.codebook_size
-    if codes.dim() != 3 or tuple(codes.shape[1:]) != (s, s):
-        raise EdvaeError(f"{what}: code maps of shape {tuple(codes.shape)}, the prior takes (N, {s}, {s})")
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k):
-        raise EdvaeError(f"{what}: codes {int(codes.min())}..{int(codes.max())} outside [0, {k - 1}]")
 
 
 @torch.no_grad()
@@ -238,7 +225,7 @@ def train_prior(run_dir: str | Path, out: str | Path, overrides: list[str] | Non
                 progress: bool = True, log=print) -> dict[str, Any]:
     """Fit (or resume) the prior of `run_dir` in `out`; returns the test evaluation."""
     run_dir, out = Path(run_dir), Path(out)
-    sha = file_sha256(run_model_file(run_dir))
+    sha = sha256sum(run_model_file(run_dir))
     cfg = _prior_config(run_dir, out, resume, overrides or [], preset, sha)
     t = cfg.train
     with session(t.device, t.threads, flush=False) as (_, dev):
@@ -252,10 +239,10 @@ def train_prior(run_dir: str | Path, out: str | Path, overrides: list[str] | Non
         train_codes = cached_codes(run_dir, cache, "train", model=vae, cfg=vae_cfg, device=dev, log=log)
         test_codes = cached_codes(run_dir, cache, "test", model=vae, cfg=vae_cfg, device=dev, log=log)
         del vae
-        check_code_maps(train_codes, cfg.model, "training codes")
-        check_code_maps(test_codes, cfg.model, "test codes")
         torch.manual_seed(t.seed)
         prior = PixelSNAIL(cfg.model).to(dev)
+        prior.check_codes(train_codes)
+        prior.check_codes(test_codes)
         steps = PriorSteps(prior, train_codes.to(dev), t, test_codes, dev)
         f = Fit(prior, torch.optim.Adam(prior.parameters(), lr=t.lr), [Phase(t.steps, steps.step)],
                 steps.schedule, t.seed, dev, t.precision, t.log_every, t.checkpoint_every, out, PRIOR_FIELDS,
@@ -281,8 +268,5 @@ def load_prior(prior_dir: str | Path,
         raise EdvaeError(f"{path} is not a PixelSNAIL prior (kind {data.get('kind')!r})")
     cfg = prior_config_from_dict(data)
     prior = PixelSNAIL(cfg.model)
-    try:
-        prior.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise EdvaeError(f"{path} does not fit its own config: {exc}") from None
+    checkpoint.load_into(prior, tensors, f"{path} does not fit its own config")
     return prior.to(device).eval(), cfg

@@ -88,7 +88,6 @@ class NearestCodewordQuantizer(Quantizer):
         if eval_mode != "argmax":  # nearest codeword: nothing to sample from
             raise ValueError(f"eval_mode must be 'argmax' for {self.name} (deterministic nearest "
                              f"codeword), got {eval_mode!r}")
-        self.eval_mode = eval_mode
 
     def effective_codebook(self) -> torch.Tensor:
         raise NotImplementedError
