@@ -154,7 +154,7 @@ def write_codes(run: Path, cache: Path, train: torch.Tensor, test: torch.Tensor)
     cache.mkdir(parents=True, exist_ok=True)
     for split, c in (("train", train), ("test", test)):
         meta = {"format": codes_mod.CODES_FORMAT, "model_sha256": sha, "split": split}
-        checkpoint._atomic_save({"codes": c.to(torch.int16)}, codes_mod.codes_file(cache, split), meta)
+        checkpoint.save_tensors({"codes": c.to(torch.int16)}, codes_mod.codes_file(cache, split), meta)
 
 
 def constant_maps(n: int, seed: int) -> torch.Tensor:

@@ -44,7 +44,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(Path(path), text.encode())
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """A safetensors file of `tensors` (on the CPU) with string `metadata`, written atomically."""
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata)
     atomic_write_bytes(Path(path), data)
 
@@ -57,7 +58,7 @@ def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], mismatc
         raise EdvaeError(f"{mismatch}: {exc}") from None
 
 
-def _read(path: Path, fmt: str = FORMAT) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_tensors(path: Path, fmt: str = FORMAT) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A safetensors file's tensors and metadata, checked to be edvae's format `fmt`."""
     path = Path(path)
     if not path.is_file():
@@ -84,11 +85,11 @@ def _config_of(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
 
 
 def save_model(path: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
-    _atomic_save(model.state_dict(), path, {"format": FORMAT, "config": json.dumps(config)})
+    save_tensors(model.state_dict(), path, {"format": FORMAT, "config": json.dumps(config)})
 
 
 def load_model_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors, metadata = _read(path)
+    tensors, metadata = read_tensors(path)
     return tensors, _config_of(path, metadata)
 
 
@@ -101,12 +102,12 @@ def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
             for key, value in optimizer.state.get(p, {}).items():
                 tensors[f"optim.{names[id(p)]}.{key}"] = torch.as_tensor(value)
     meta = {"format": FORMAT, "config": json.dumps(config), "step": str(step)}
-    _atomic_save(tensors, path, meta)
+    save_tensors(tensors, path, meta)
 
 
 def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Restore model and optimizer in place; returns the number of steps done."""
-    tensors, metadata = _read(path)
+    tensors, metadata = read_tensors(path)
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     load_into(model, model_sd, f"checkpoint {path} does not fit the model")
     params = dict(model.named_parameters())
@@ -124,5 +125,5 @@ def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
 
 
 def read_state_config(path: Path) -> dict[str, Any]:
-    _, metadata = _read(path)
+    _, metadata = read_tensors(path)
     return _config_of(path, metadata)

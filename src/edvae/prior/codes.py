@@ -41,7 +41,7 @@ def encode_images(model: DiscreteVAE, data: ImageSet, batch_size: int = 256) -> 
 
 def _read_cache(path: Path) -> tuple[torch.Tensor, dict[str, str]] | None:
     try:
-        tensors, meta = checkpoint._read(path, CODES_FORMAT)
+        tensors, meta = checkpoint.read_tensors(path, CODES_FORMAT)
         return tensors["codes"], meta
     except (EdvaeError, KeyError):
         return None  # missing or unreadable: encode again and replace it
@@ -72,7 +72,7 @@ def cached_codes(run_dir: str | Path, cache_dir: str | Path, split: str, *,
     meta = {"format": CODES_FORMAT, "model_sha256": sha, "split": split, "dataset": cfg.train.dataset,
             "n": str(codes.shape[0]), "codebook_size": str(k), "run": str(run_dir)}
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    checkpoint._atomic_save({"codes": codes}, path, meta)
+    checkpoint.save_tensors({"codes": codes}, path, meta)
     return codes
 
 
