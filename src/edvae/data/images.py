@@ -192,9 +192,9 @@ def open_image(path: str | Path | Any, what: str | None = None) -> Image.Image:
 
 def read_image_file(path: Path, channels: int, size: int | None = None, *,
                     same_channels: bool = False, taker: str = "the model") -> torch.Tensor:
-    """An image file as uint8 (channels, H, W): the one reader of image files (data sets read
-    through streaming_set). `size`: it must be size x size; `same_channels`: a grey file for 1
-    channel and a colour one for 3, instead of converting."""
+    """An image file as uint8 (channels, H, W), converted to `channels`: the one reader of single
+    image files (the tokenizer, FID; data sets decode theirs in their streaming sets). `size`: the
+    file must be size x size; `same_channels`: it must be grey for 1 channel and colour for 3."""
     img = open_image(path)
     has = 1 if img.mode in GRAY_MODES else 3
     if same_channels and has != channels:
