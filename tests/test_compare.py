@@ -3,7 +3,8 @@
 import json
 
 from edvae.cli import main
-from edvae.compare import collect, summary_table, training_curves
+from edvae.compare import collect, summary_table
+from edvae.study_report import read_curves
 
 GRID = ["--set", "train.dataset=synthetic", "--set", "train.limit_train=64", "--set", "train.limit_test=32",
         "--set", "train.batch_size=8", "--set", "train.steps=4", "--set", "model.width=4",
@@ -70,12 +71,10 @@ def test_a_variant_is_a_method_with_its_own_settings(tmp_path):
     rows = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in rows] == ["vq-ema", "vq-ema+pretrain"]
     assert "| vq-ema+pretrain | 1 |" in (out / "summary.md").read_text()
-    # the curves: one group per grid entry, one series per seed, test perplexity at steps 2 and 4
-    # (the pretrained run quantizes from step 2 on, so it is first evaluated at step 4)
-    curves = training_curves(out, rows)
-    assert list(curves) == ["vq-ema", "vq-ema+pretrain"]
-    assert [s for s, _ in curves["vq-ema"][0]] == [2, 4]
-    assert [s for s, _ in curves["vq-ema+pretrain"][0]] == [4]
+    # the figure's curves: test perplexity at steps 2 and 4 (the pretrained run quantizes from
+    # step 2 on, so it is first evaluated at step 4)
+    assert [s for s, _ in read_curves(out / "vq-ema-seed0")["test_perplexity"]] == [2, 4]
+    assert [s for s, _ in read_curves(out / "vq-ema+pretrain-seed0")["test_perplexity"]] == [4]
     assert (out / "perplexity.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -19,10 +19,9 @@ from typing import Any
 from .bench import RunSpec, run_specs
 from .checkpoint import atomic_write_text, divergence
 from .errors import EdvaeError
-from .plots import save_grouped_curves
 from .progress import LiveDisplay
 from .quantizers import QUANTIZERS
-from .study_report import cell, read_curves
+from .study_report import cell, curves_figure, read_curves
 
 COLUMNS = (("perplexity", "perplexity (argmax)", 1.0, 1),
            ("perplexity_sampled", "perplexity (sampled)", 1.0, 1),
@@ -103,25 +102,16 @@ def summary_table(rows: list[dict[str, Any]], methods: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def training_curves(out: Path, rows: list[dict[str, Any]]) -> dict[str, list[list[tuple[int, float]]]]:
-    """{method: one (step, test perplexity) series per seed}, from each run's metrics.jsonl."""
-    groups: dict[str, list[list[tuple[int, float]]]] = {}
-    for r in rows:
-        points = read_curves(out / f"{r['method']}-seed{r['seed']}").get("test_perplexity", [])
-        groups.setdefault(r["method"], []).append([tuple(p) for p in points])
-    return groups
-
-
 def write_report(out: Path, rows: list[dict[str, Any]], methods: list[str], command: str,
                  closing: list[str] | None = None) -> str:
     """results.json, summary.md (the command, the table, then the `closing` sentences) and
     perplexity.png; the table."""
     table = summary_table(rows, methods)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
-    curves = training_curves(out, rows)
-    if any(any(runs) for runs in curves.values()):
-        save_grouped_curves(out / "perplexity.png", curves, "test perplexity (argmax)",
-                            "test-subset perplexity during training (one line per seed)")
+    runs = [{"entry": r["method"], "curves": read_curves(out / f"{r['method']}-seed{r['seed']}")}
+            for r in rows]
+    curves_figure(out / "perplexity.png", runs, ["test_perplexity"],
+                  "test-subset perplexity (argmax) during training, one line per seed")
     text = f"Command: `{command}`\n\n{table}" + ("\n" + "\n\n".join(closing) + "\n" if closing else "")
     atomic_write_text(out / "summary.md", text)
     return table

@@ -79,26 +79,3 @@ def save_entropy_maps(path: Path, mean_map: torch.Tensor, examples: torch.Tensor
         ax.axis("off")
     fig.colorbar(im, ax=list(np.atleast_1d(axes)), shrink=0.8, label="entropy (nats)")
     save_figure(fig, path, tight=False)
-
-
-def save_grouped_curves(path: Path, groups: dict[str, list[list[tuple[int, float]]]], ylabel: str,
-                        title: str = "") -> None:
-    """Line chart of several runs per group (e.g. the seeds of each method): one colour and one
-    legend entry per group; a log scale when the values span more than a factor of 10."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
-    values = [v for runs in groups.values() for points in runs for _, v in points]
-    for i, (name, runs) in enumerate(groups.items()):
-        for j, points in enumerate(r for r in runs if r):
-            s, v = zip(*points, strict=True)
-            ax.plot(s, v, color=cmap(i % cmap.N), alpha=0.8, label=name if j == 0 else None)
-    if values and min(values) > 0 and max(values) > 10 * min(values):
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)
