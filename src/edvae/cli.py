@@ -179,9 +179,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_training_flags(p: argparse.ArgumentParser, steps_default: int | None = None) -> None:
+def add_training_flags(p: argparse.ArgumentParser) -> None:
     """--steps, --batch-size, --seed, --device and --set: the same on every command that trains."""
-    p.add_argument("--steps", type=int, default=steps_default, help="training steps (train.steps)")
+    p.add_argument("--steps", type=int, help="training steps (train.steps)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="train.batch_size")
     p.add_argument("--seed", type=int, help="train.seed")
     p.add_argument("--device", help="auto, cpu, cuda, mps (train.device)")
