@@ -1,4 +1,5 @@
-"""Seed-paired comparison of two methods in one `edvae compare` results.json (argmax perplexity).
+"""Seed-paired comparison of two methods in one results.json of `edvae compare` or `edvae bench`
+(argmax perplexity).
 
     python scripts/paired_seeds.py docs/results/beta-and-width/fmnist-bf16-w64-7seeds/results.json
     python scripts/paired_seeds.py docs/results/beta-and-width/fmnist-bf16-w64-7seeds/results.json \
@@ -49,9 +50,10 @@ def main() -> None:
     args = parser.parse_args()
     try:
         rows = json.loads(args.results.read_text())
+        rows = rows["runs"] if isinstance(rows, dict) else rows  # a study's results.json
         by = {m: {r["seed"]: r for r in rows if r["method"] == m} for m in args.methods}
     except (OSError, ValueError, KeyError, TypeError) as err:
-        fail(f"{args.results}: not a readable compare results.json ({err})")
+        fail(f"{args.results}: not a readable results.json of compare or bench ({err})")
     first, second = args.methods
     seeds = sorted(set(by[first]) & set(by[second]) & set(args.seeds or by[first]))
     if len(seeds) < 3:

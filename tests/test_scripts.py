@@ -127,3 +127,21 @@ def test_the_packaged_fashion_mnist_subset_is_rebuilt_byte_for_byte_from_the_ful
     assert sorted(p.name for p in tmp_path.iterdir()) == shipped and len(shipped) == 4
     for name in shipped:  # the first 6,000 / 1,000 images and labels of each split
         assert (tmp_path / name).read_bytes() == (fashion_mnist.SUBSET_DIR / name).read_bytes(), name
+
+
+def test_paired_seeds_reads_a_compare_list_and_a_study_results_file_alike(tmp_path):
+    import json
+
+    # EdVAE's perplexity falls as its uncertainty rises: the correlation must come out -1.00
+    rows = [{"method": m, "seed": s, "perplexity": p, **({"uncertainty_mean": u} if m == "edvae" else {})}
+            for s, (p, u) in enumerate([(30.0, 0.3), (20.0, 0.4), (10.0, 0.5)])
+            for m in ("edvae", "dvae")]
+    for r in rows:
+        if r["method"] == "dvae":
+            r["perplexity"] = 10.0 + r["seed"]
+    (tmp_path / "compare.json").write_text(json.dumps(rows))
+    (tmp_path / "study.json").write_text(json.dumps({"name": "x", "runs": rows}))
+    outs = [run_script("paired_seeds.py", str(tmp_path / f)) for f in ("compare.json", "study.json")]
+    assert [o.returncode for o in outs] == [0, 0] and outs[0].stdout == outs[1].stdout
+    assert "ratio per seed 3.00, 1.82, 0.83" in outs[0].stdout
+    assert "correlation of edvae's uncertainty with its perplexity -1.00" in outs[0].stdout
