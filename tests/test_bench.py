@@ -220,6 +220,12 @@ def test_every_run_is_validated_before_any_starts(tmp_path, capsys):
     study.write_text(TINY_STUDY.replace("[edvae, dvae]", "[edvae, nope]"))
     assert main(bench_argv(study, out)) == 2
     assert "entry 'nope' is neither a method nor a variant" in capsys.readouterr().err
+    # a bad swept value: the message names the point of the sweep, not only the entry
+    study.write_text(TINY_STUDY + "sweeps:\n  - {model.options.clamp_max: [20, abc]}\n")
+    assert main(bench_argv(study, out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "entry fashion-mnist/edvae-seed0 at model.options.clamp_max=abc:" in err
+    assert not out.exists()
     study.write_text(TINY_STUDY + "sweep: []\n")
     assert main(bench_argv(study, out)) == 2
     assert "unknown key 'sweep'" in capsys.readouterr().err and not out.exists()

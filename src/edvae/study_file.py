@@ -222,7 +222,7 @@ def plan(study: Study, scale: str, extra_set: list[str] | None = None, configs: 
                 point = [f"{k}={_format(v)}" for k, v in zip(sweep, combo, strict=True)]
                 spec = RunSpec("", entry.method, seed, str(config),
                                [*shared, *entry.overrides, *point, *(extra_set or [])])
-                _name_run(spec, study, dataset, entry, swept)
+                _name_run(spec, study, dataset, entry, swept, point)
                 if spec.name in runs:
                     runs[spec.name].labels["sweeps"].append(index)
                     continue
@@ -232,9 +232,11 @@ def plan(study: Study, scale: str, extra_set: list[str] | None = None, configs: 
     return Plan(study, scale, list(runs.values()), generation, sweeps)
 
 
-def _name_run(spec: RunSpec, study: Study, dataset: str, entry: Entry, swept: list[str]) -> None:
-    """Build the run's config (errors name the run) and name it by its values of the swept keys."""
-    where = f"{dataset}/{entry.label}-seed{spec.seed}"
+def _name_run(spec: RunSpec, study: Study, dataset: str, entry: Entry, swept: list[str],
+              point: list[str]) -> None:
+    """Build the run's config (errors name the entry, seed and swept point) and name the run by its
+    values of the swept keys."""
+    where = f"{dataset}/{entry.label}-seed{spec.seed}" + (f" at {', '.join(point)}" if point else "")
     try:
         values = flatten(config_of(spec).to_dict())
     except EdvaeError as exc:
