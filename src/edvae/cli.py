@@ -1,5 +1,4 @@
-"""The `edvae` command line: train | eval | encode | decode | compare | demo | bench | prior | sample |
-fid | study."""
+"""The `edvae` command line: train, eval, encode, decode, compare, demo, bench, prior, sample, fid, study."""
 
 from __future__ import annotations
 
@@ -258,7 +257,8 @@ def _add_bench(sub) -> None:
     b.add_argument("--scale", default="paper", choices=SCALES,
                    help="paper: the protocol's steps, batch, width and kernel per data set; cpu-small: the "
                         "study's Fashion-MNIST CPU protocol (docs/results.md)")
-    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key of every run")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config key of every run (a swept key too: all take this value)")
     b.add_argument("--out", help="output folder (default runs/STUDY-SCALE)")
     b.add_argument("--jobs", type=_positive_int, default=2, help="runs at once (several may share a GPU)")
     b.add_argument("--threads", type=_positive_int, default=1, help="CPU threads per run")
