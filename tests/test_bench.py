@@ -25,7 +25,7 @@ from edvae.study_report import cell, collect_rows, sweep_figure, table
 
 ROOT = Path(__file__).parents[1]
 STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
-# protocol.md's settings, written here as numbers: beta_max per method (EdVAE's per data set)
+# the paper's protocol settings, written here as numbers: beta_max per method (EdVAE's per data set)
 BETA = {"dvae": 5e-5, "gs-vq": 5e-6, "vq-ema": 0.0, "sq-vae": 0.0, "vq-ste++": 0.0}
 EDVAE_BETA = {"cifar10": 5e-7, "celeba": 1e-7, "lsun-church": 1e-7}
 IMAGE_SIZE = {"cifar10": 32, "celeba": 64, "lsun-church": 128}

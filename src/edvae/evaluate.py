@@ -1,7 +1,7 @@
 """Evaluation of a trained model on a split: MSE, perplexities, used codes, entropy of pi,
 evidential uncertainty; written to eval.json with PNGs beside it.
 
-`batch_perplexity` is the authors' protocol (protocol.md, Metrics): the perplexity of each batch of
+`batch_perplexity` is the authors' protocol (their evaluation code): the perplexity of each batch of
 `batch_size` images, averaged over the full batches only, as their data loader drops the last
 partial batch; None when the split holds less than one batch. `perplexity` is the dataset-level
 histogram's, over every image.

@@ -135,7 +135,7 @@ class GMVQQuantizer(GumbelVQQuantizer):
                  temperature_map: str = "range",  # map the trainer's tau onto the summary's range
                  temperature_start: float = 2.0,  # summary: annealed from 2.0 ...
                  temperature_end: float = 0.1,  # ... to 0.1
-                 trainer_temperature_end: float = math.exp(-1.5),  # trainer's final tau (protocol.md)
+                 trainer_temperature_end: float = math.exp(-1.5),  # trainer's final tau, exp(-1e-5 x 150k)
                  kmeans_init_iters: int = 10,  # summary: K-means init; 10 Lloyd steps: ours
                  init_spread: float = 0.05):  # initialise once the outputs' spread reaches it; ours
         super().__init__(codebook_size, codebook_dim, eval_mode)

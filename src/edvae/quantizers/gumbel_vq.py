@@ -1,7 +1,7 @@
 """GS-VQ-VAE: vector quantization relaxed by Gumbel-softmax over distance logits.
 
 Sonderby, Poole, Mnih, "Continuous relaxation training of discrete latent variable image models"
-(2017), as run in the EdVAE paper (Baykal et al. 2024, Appendix D; baselines.md):
+(2017), as run in the EdVAE paper (Baykal et al. 2024, Appendix D):
 - logits l_k = -||z_e - e_k||^2 per position (z_e has D channels), q = softmax(l);
 - training y = softmax((l + g) / tau) with Gumbel noise g, z_q = sum_k y_k e_k: soft, no
   straight-through;
@@ -34,7 +34,7 @@ class GumbelVQQuantizer(Quantizer):
 
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax"):
         super().__init__(codebook_size, codebook_dim, eval_mode)
-        # the codebook (K x D), initialised N(0, 1) as for every non-EMA method (protocol.md)
+        # the codebook (K x D), initialised N(0, 1) as for every non-EMA method (the EdVAE protocol)
         self.codebook = nn.Parameter(torch.randn(codebook_size, codebook_dim))
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """SQ-VAE: stochastically quantized VAE, Gaussian variant I (one learned scalar variance).
 
 Takida et al., "SQ-VAE: Variational Bayes on discrete representation with self-annealed stochastic
-quantization", ICML 2022. Facts from baselines.md, checked against the authors' code
+quantization", ICML 2022. Facts from the paper, checked against the authors' code
 (sony/sqvae, vision/): model.py (GaussianSQVAE), quantizer.py (GaussianVectorQuantizer),
 configs/cifar10_gauss_1.yaml and configs/defaults.py.
 - var_q = exp(0) + exp(s) with s learned (model.py, param_var_q "gaussian_1": log_var_q = 0, so
@@ -46,7 +46,7 @@ class SQQuantizer(GumbelVQQuantizer):
     default_beta_max = 0.0  # beta is not used: SQ-VAE's latent terms carry no weight
 
     def __init__(self, codebook_size: int, codebook_dim: int,
-                 eval_mode: str = "argmax",  # argmax: baselines.md (official flg_quant_det)
+                 eval_mode: str = "argmax",  # argmax: the official code's flg_quant_det
                  log_var_init: float = math.log(20.0),  # sony/sqvae cifar10_gauss_1.yaml
                  reconstruction: str = "arelbo"):  # sony/sqvae defaults.py: flags.arelbo = True
         super().__init__(codebook_size, codebook_dim, eval_mode)

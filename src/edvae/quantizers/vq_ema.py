@@ -49,7 +49,7 @@ class EMAVQQuantizer(NearestCodewordQuantizer):
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
                  commitment: float = 0.25,  # beta_c: van den Oord et al. 2017 sec. 3.2; EdVAE App. D
                  decay: float = 0.99,  # gamma: van den Oord et al. 2017 App. A.1; EdVAE App. D
-                 eps: float = 1e-5,  # Laplace smoothing: the reference code's epsilon (baselines.md)
+                 eps: float = 1e-5,  # Laplace smoothing: the reference code's epsilon
                  gradient: str = "ste"):  # "ste" (the paper's) or "rotation" (rotation.py)
         super().__init__(codebook_size, codebook_dim, eval_mode)
         self.gradient = check_gradient(gradient)
@@ -58,7 +58,7 @@ class EMAVQQuantizer(NearestCodewordQuantizer):
         check_option("eps", eps, is_real(eps) and eps > 0, "must be > 0")
         self.commitment, self.decay, self.eps = float(commitment), float(decay), float(eps)
         k, d = codebook_size, codebook_dim
-        # uniform in +-1/K, as in the paper (protocol.md); a buffer: only the EMA moves it
+        # uniform in +-1/K, as in the EdVAE paper (Appendix D); a buffer: only the EMA moves it
         self.register_buffer("codebook", torch.empty(k, d).uniform_(-1.0 / k, 1.0 / k))
         self.register_buffer("ema_count", torch.zeros(k))  # n_k
         self.register_buffer("ema_sum", torch.zeros(k, d))  # m_k

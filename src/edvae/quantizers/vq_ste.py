@@ -64,7 +64,7 @@ class STEVQQuantizer(NearestCodewordQuantizer):
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
                  commitment: float = 10.0,  # overall weight: alpha = 10 in vqtorch examples/simple.py
                  commitment_split: float = 0.98,  # b: vqtorch README (beta=0.98); its code's default 0.95
-                 sync_nu: float = 0.2,  # nu: vqtorch README; the paper's range 0.01-2 (baselines.md)
+                 sync_nu: float = 0.2,  # nu: vqtorch README; the VQ-STE++ paper's range 0.01-2
                  affine_groups: int = 1,  # G: vqtorch's default (one group); 0 = off
                  affine_lr: float = 10.0,  # lambda: vqtorch README (affine_lr=10.0)
                  inner_lr: float = 0.0,  # alternated optimization; off: experimental in vqtorch
@@ -92,7 +92,7 @@ class STEVQQuantizer(NearestCodewordQuantizer):
         self.sync_nu, self.affine_groups, self.affine_lr = float(sync_nu), affine_groups, float(affine_lr)
         self.inner_lr, self.dead_after, self.dead_noise = float(inner_lr), dead_after, float(dead_noise)
         self.kmeans_init_iters = kmeans_init_iters
-        # the codebook, initialised N(0, 1) as for every non-EMA method (protocol.md)
+        # the codebook, initialised N(0, 1) as for every non-EMA method (the EdVAE protocol)
         self.codebook = nn.Parameter(torch.randn(k, d))
         if affine_groups:
             self.affine_scale = nn.Parameter(torch.zeros(affine_groups, d))  # s, init 0
