@@ -57,8 +57,7 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     sizes = [torch.zeros_like(n) for _ in range(world_size())]
     dist.all_gather(sizes, n)
     sizes = [int(s) for s in sizes]
-    longest = max(sizes)
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
     padded[:tensor.shape[0]] = tensor
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded.contiguous())

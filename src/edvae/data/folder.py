@@ -9,6 +9,7 @@ to size x size, and converted to `channels` (1: "L", 3: "RGB").
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -59,9 +60,10 @@ def _header(path: Path) -> tuple[str, tuple[int, int]]:
         raise EdvaeError(f"cannot read image {path}: {e}") from e
 
 
-def decode_resized(path: Path, size: int, channels: int) -> torch.Tensor:
-    """Decode, convert to L/RGB, resize the shorter side to size, centre crop -> (C, size, size)."""
-    return pil_to_tensor(resize_center_crop(convert(open_image(path), channels), size))
+def decode_resized(path: Path | Any, size: int, channels: int, what: str | None = None) -> torch.Tensor:
+    """Decode (a path or a binary file object, named `what` in errors), convert to L/RGB, resize the
+    shorter side to size, centre crop -> (C, size, size)."""
+    return pil_to_tensor(resize_center_crop(convert(open_image(path, what), channels), size))
 
 
 def load_folder(split: str = "train", root: str | Path | None = None, *,

@@ -60,14 +60,10 @@ class InMemoryImages(ImageSet):
     images: torch.Tensor = field(repr=False)
 
     def __post_init__(self) -> None:
-        x = self.images
-        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (
-            self.channels, self.size, self.size
-        ):
-            raise ValueError(
-                f"{self.name}: expected uint8 (N, {self.channels}, {self.size}, {self.size}), "
-                f"got {x.dtype} {tuple(x.shape)}"
-            )
+        x, shape = self.images, (self.channels, self.size, self.size)
+        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"{self.name}: expected uint8 (N, {self.channels}, {self.size}, {self.size}), "
+                             f"got {x.dtype} {tuple(x.shape)}")
         if self.labels is not None and self.labels.shape != (x.shape[0],):
             raise ValueError(f"{self.name}: {len(self.labels)} labels for {x.shape[0]} images")
 

@@ -14,20 +14,13 @@ import io
 import os
 import threading
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import torch
 
-from edvae.data.folder import load_folder
-from edvae.data.images import (
-    ImageSet,
-    check_request,
-    convert,
-    open_image,
-    pil_to_tensor,
-    resize_center_crop,
-    streaming_set,
-)
+from edvae.data.folder import decode_resized, load_folder
+from edvae.data.images import ImageSet, check_request, streaming_set
 from edvae.errors import EdvaeError
 
 LMDB_NAMES = {"train": "church_outdoor_train_lmdb", "test": "church_outdoor_val_lmdb"}
@@ -61,13 +54,8 @@ def open_env(path: str | Path):
 
 
 def lmdb_keys(path: str | Path, limit: int | None = None) -> list[bytes]:
-    keys = []
     with open_env(path).begin() as txn:
-        for key in txn.cursor().iternext(keys=True, values=False):
-            keys.append(bytes(key))
-            if limit is not None and len(keys) >= limit:
-                break
-    return keys
+        return [bytes(key) for key in islice(txn.cursor().iternext(keys=True, values=False), limit)]
 
 
 def decode_lmdb(key: bytes, path: str, size: int, channels: int) -> torch.Tensor:
@@ -76,8 +64,7 @@ def decode_lmdb(key: bytes, path: str, size: int, channels: int) -> torch.Tensor
         value = txn.get(key)
     if value is None:
         raise EdvaeError(f"key {key!r} missing from LMDB {path}")
-    img = open_image(io.BytesIO(value), what=f"{key!r} in {path}")
-    return pil_to_tensor(resize_center_crop(convert(img, channels), size))
+    return decode_resized(io.BytesIO(value), size, channels, what=f"{key!r} in {path}")
 
 
 def _lmdb_folder(root: Path, split: str) -> Path | None:

@@ -65,7 +65,8 @@ OPTION_TYPES = {"float": float, "int": int, "bool": bool, "str": str}
 
 
 class Quantizer(nn.Module):
-    """Base class. Subclasses set `name`, `logit_input` and implement forward, codes and embed.
+    """Base class. Subclasses set `name` and implement forward, codes and embed (unless the rows of
+    `self.codebook` are the decoder's input).
 
     `logit_input` quantizers (EdVAE, dVAE) read K channels of logits; the others read D channels.
     Every method reads z_e through `_features` (or `_rows`): one shape check, then float32.
@@ -79,10 +80,11 @@ class Quantizer(nn.Module):
     """
 
     name: ClassVar[str] = ""
-    logit_input: ClassVar[bool] = True
+    logit_input: ClassVar[bool] = False
     # whether init_codebook can set learned codewords (the pretrain recipe); FSQ's and LFQ's are fixed
     learned_codebook: ClassVar[bool] = True
-    default_beta_max: ClassVar[float] = 0.0  # the paper's upper bound of the beta ramp
+    # the paper's upper bound of the beta ramp; 0: no KL term, the trainer's beta is ignored
+    default_beta_max: ClassVar[float] = 0.0
     eval_modes: ClassVar[tuple[str, ...]] = ("argmax",)  # "sample": codes drawn from the posterior
     # The trainer turns this off on steps whose metrics it does not log. A quantizer may then skip
     # work that only feeds reports: a training step's indices and stats, and the value (never the
@@ -103,9 +105,8 @@ class Quantizer(nn.Module):
     @classmethod
     def option_types(cls) -> dict[str, type]:
         """{option: its type}, from the annotations of `__init__` (the annotations are strings)."""
-        params = list(inspect.signature(cls.__init__).parameters.values())
         out = {}
-        for p in params:
+        for p in inspect.signature(cls.__init__).parameters.values():
             if p.name in ("self", "codebook_size", "codebook_dim", "eval_mode"):
                 continue
             kind = OPTION_TYPES.get(str(p.annotation))
@@ -124,12 +125,9 @@ class Quantizer(nn.Module):
         """Whether the 0/1 buffer `name` (e.g. `kmeans_done`) is set. A set flag is read from the
         device once and then remembered, so the steps after it cost no host synchronisation;
         loading a state dict forgets what was read."""
-        if name in self._flags_seen:
-            return True
-        if not bool(getattr(self, name)):
-            return False
-        self._flags_seen.add(name)
-        return True
+        if name not in self._flags_seen and bool(getattr(self, name)):
+            self._flags_seen.add(name)
+        return name in self._flags_seen
 
     def set_flag(self, name: str) -> None:
         """Set the 0/1 buffer `name`, and remember it set."""
@@ -173,15 +171,13 @@ class Quantizer(nn.Module):
         raise NotImplementedError
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
-        """Codes (B, h, w) -> decoder input (B, D, h, w)."""
-        raise NotImplementedError
+        """Codes (B, h, w) -> decoder input (B, D, h, w); by default the rows of `self.codebook`."""
+        return self.codebook[indices].permute(0, 3, 1, 2)
 
     def eval_codes(self, z_e: torch.Tensor) -> torch.Tensor:
         """The codes of an evaluation forward pass: `codes`, or drawn from the posterior with
         eval_mode 'sample' (EdVAE's Algorithm 2)."""
-        if self.eval_mode == "sample":
-            return self.sample_codes(z_e)
-        return self.codes(z_e)
+        return self.sample_codes(z_e) if self.eval_mode == "sample" else self.codes(z_e)
 
     def probabilities(self, z_e: torch.Tensor) -> torch.Tensor | None:
         """(B, K, h, w) float32 probabilities over codes, or None for a method without them."""

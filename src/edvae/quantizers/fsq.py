@@ -79,9 +79,7 @@ def resolve_levels(levels: str, codebook_size: int, codebook_dim: int) -> tuple[
 
 class FSQQuantizer(Quantizer):
     name = "fsq"
-    logit_input = False
     learned_codebook = False  # fixed codes: nothing for K-means to set
-    default_beta_max = 0.0  # no KL term: the trainer's beta is ignored
 
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
                  levels: str = ""):  # empty: the paper's table for this size (see the docstring)

@@ -67,6 +67,8 @@ SIGMA_MODES = ("init", "fixed")
 TEMPERATURE_MAPS = ("range", "trainer")
 # floor of q(c) inside the log of the aggregated KL (a code no position uses contributes 0 log 0 = 0)
 _Q_FLOOR = 1e-30
+
+
 def aggregated_posterior(q: torch.Tensor, global_batch: bool = True) -> torch.Tensor:
     """q(c): the mean of q(c|x) (B, K, h, w) over all positions, (K,) float32.
 
@@ -91,21 +93,13 @@ def kl_to_uniform(p: torch.Tensor) -> torch.Tensor:
 
 
 def _check_options(o: dict) -> None:
-    def one_of(name: str, allowed: tuple[str, ...]) -> None:
-        check_option(name, o[name], o[name] in allowed, f"must be one of {allowed}")
-
-    def positive(name: str, strict: bool = True) -> None:
-        v = o[name]
-        check_option(name, v, is_real(v) and (v > 0 if strict else v >= 0),
-                     f"must be a finite number {'>' if strict else '>='} 0")
-
     for name, allowed in (("sigma_z_mode", SIGMA_MODES), ("latent_term", LATENT_TERMS),
                           ("variance_form", VARIANCE_FORMS), ("temperature_map", TEMPERATURE_MAPS)):
-        one_of(name, allowed)
+        check_option(name, o[name], o[name] in allowed, f"must be one of {allowed}")
     for name in ("sigma_z", "variance_scale", "min_variance", "temperature_start", "temperature_end"):
-        positive(name)
-    positive("gamma", strict=False)
-    positive("init_spread", strict=False)  # 0: initialise on the first training batch
+        check_option(name, o[name], is_real(o[name]) and o[name] > 0, "must be a finite number > 0")
+    for name in ("gamma", "init_spread"):  # init_spread 0: initialise on the first training batch
+        check_option(name, o[name], is_real(o[name]) and o[name] >= 0, "must be a finite number >= 0")
     end = o["trainer_temperature_end"]
     check_option("trainer_temperature_end", end, is_real(end) and 0 < end < 1,
                  "must be in (0, 1): the trainer's temperature at the end of its run")

@@ -28,7 +28,6 @@ class GumbelVQQuantizer(Quantizer):
     """
 
     name = "gs-vq"
-    logit_input = False
     default_beta_max = 5e-6  # EdVAE paper, Appendix D: all datasets
     eval_modes = ("argmax", "sample")  # argmax by default: the paper's test ("Test: argmax")
 
@@ -83,9 +82,5 @@ class GumbelVQQuantizer(Quantizer):
 
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:
         """The nearest codeword (argmax of the logits), (B, h, w) int64."""
-        z = self._features(z_e)
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return self.logits(z).argmax(1)
-
-    def embed(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.codebook[indices].permute(0, 3, 1, 2)
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            return self.logits(self._features(z_e)).argmax(1)

@@ -40,8 +40,6 @@ def _argmax_dot(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 class IBQQuantizer(Quantizer):
     name = "ibq"
-    logit_input = False
-    default_beta_max = 0.0  # no KL term: the trainer's beta is ignored
 
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
                  commitment: float = 0.25,  # VQ-VAE's beta (unverified for IBQ)

@@ -56,9 +56,7 @@ def _entropy(p: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
 
 class LFQQuantizer(Quantizer):
     name = "lfq"
-    logit_input = False
     learned_codebook = False  # fixed codes: nothing for K-means to set
-    default_beta_max = 0.0  # no KL term: the trainer's beta is ignored
 
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax",
                  entropy: float = 0.1,  # MAGVIT-v2's reported entropy weight (unverified)

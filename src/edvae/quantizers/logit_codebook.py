@@ -11,9 +11,10 @@ from .base import Quantizer, QuantizerOutput, gumbel_noise_like, one_hot_channel
 class LogitCodebookQuantizer(Quantizer):
     """Relaxed one-hot z over K codes (Gumbel-softmax in training), z_q = sum_k z_k M_k.
 
-    Subclasses define `log_weights_and_regulariser(logits)` (unnormalised log-probabilities of
-    the categorical, and one KL value per position), `probabilities(logits)` and
-    `regulariser(logits)`.
+    Subclasses define `probabilities(logits)`, `regulariser(logits)` (one KL value per position)
+    and `log_weights_and_regulariser(logits, value)`: the categorical's unnormalised
+    log-probabilities and the regulariser, at once for training (so they may share work); with
+    value=False the regulariser's value may be skipped as long as its gradient is exact.
     """
 
     logit_input = True
@@ -23,19 +24,6 @@ class LogitCodebookQuantizer(Quantizer):
         super().__init__(codebook_size, codebook_dim, eval_mode)
         # the codebook M (K x D), initialised N(0, 1) as in the paper
         self.codebook = nn.Parameter(torch.randn(codebook_size, codebook_dim))
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # every logit method has probabilities
-
-    def regulariser(self, logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def log_weights_and_regulariser(self, logits: torch.Tensor,
-                                    value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """The categorical's unnormalised log-probabilities and the regulariser, at once for
-        training (so they may share work); with value=False the regulariser's value may be skipped
-        as long as its gradient is exact."""
-        raise NotImplementedError
 
     def forward(self, z_e: torch.Tensor, temperature: float = 1.0,
                 beta: float = 0.0) -> QuantizerOutput:
@@ -56,6 +44,3 @@ class LogitCodebookQuantizer(Quantizer):
 
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:
         return self._features(z_e).argmax(1)
-
-    def embed(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.codebook[indices].permute(0, 3, 1, 2)

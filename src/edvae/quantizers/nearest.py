@@ -80,17 +80,11 @@ class NearestCodewordQuantizer(Quantizer):
     used, e.g. after VQ-STE++'s affine reparameterisation) and `forward`.
     """
 
-    logit_input = False
-    default_beta_max = 0.0  # no KL term: the trainer's beta is ignored
-
     def __init__(self, codebook_size: int, codebook_dim: int, eval_mode: str = "argmax"):
         super().__init__(codebook_size, codebook_dim)
         if eval_mode != "argmax":  # nearest codeword: nothing to sample from
             raise ValueError(f"eval_mode must be 'argmax' for {self.name} (deterministic nearest "
                              f"codeword), got {eval_mode!r}")
-
-    def effective_codebook(self) -> torch.Tensor:
-        raise NotImplementedError
 
     @torch.no_grad()
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:

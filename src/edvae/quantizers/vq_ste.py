@@ -118,19 +118,13 @@ class STEVQQuantizer(NearestCodewordQuantizer):
         return c * scale + shift
 
     @torch.no_grad()
-    def _raw(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """The raw codewords whose effective codewords `codes` are `values` (the inverse affine map)."""
+    def _raw(self, values: torch.Tensor) -> torch.Tensor:
+        """The raw codebook whose effective codewords are `values` (K, D) (the inverse affine map)."""
         if self.affine_groups:
             scale, shift = self._affine()
-            s = scale[codes]
-            s = torch.where(s.abs() < 1e-6, torch.full_like(s, 1e-6), s)  # a degenerate group
-            values = (values - shift[codes]) / s
+            scale = torch.where(scale.abs() < 1e-6, torch.full_like(scale, 1e-6), scale)  # a degenerate group
+            values = (values - shift) / scale
         return values.to(self.codebook.dtype)
-
-    @torch.no_grad()
-    def _set_codes(self, codes: torch.Tensor, values: torch.Tensor) -> None:
-        """Make the effective codewords `codes` equal `values`."""
-        self.codebook[codes] = self._raw(codes, values)
 
     @torch.no_grad()
     def init_codebook(self, vectors: torch.Tensor) -> None:
@@ -138,8 +132,7 @@ class STEVQQuantizer(NearestCodewordQuantizer):
         K-means initialisation done (the first forward pass does not redo it) and restart the
         dead-code counters."""
         check_codebook_shape(vectors, self.codebook)
-        self._set_codes(torch.arange(self.codebook_size, device=self.codebook.device),
-                        vectors.to(self.codebook.device).float())
+        self.codebook.copy_(self._raw(vectors.to(self.codebook.device).float()))
         self.set_flag("kmeans_done")
         self.unused_steps.zero_()
 
@@ -154,7 +147,7 @@ class STEVQQuantizer(NearestCodewordQuantizer):
         broadcast_(start)
         # Lloyd over every rank's rows (kmeans.py, the one K-means); a code no row chose stays put
         centroids = lloyd_steps(flat, start, self.kmeans_init_iters, relocate_empty=False).centroids
-        self._set_codes(torch.arange(self.codebook_size, device=flat.device), centroids)
+        self.codebook.copy_(self._raw(centroids))
         self.set_flag("kmeans_done")
 
     @torch.no_grad()
@@ -185,8 +178,7 @@ class STEVQQuantizer(NearestCodewordQuantizer):
                 v = v + self.dead_noise * v.norm(dim=1, keepdim=True) * torch.randn_like(v)
             values.copy_(v)
         broadcast_(values)
-        replaced = self._raw(torch.arange(self.codebook_size, device=flat.device), values)
-        self.codebook.copy_(torch.where(dead[:, None], replaced, self.codebook))
+        self.codebook.copy_(torch.where(dead[:, None], self._raw(values), self.codebook))
         self.unused_steps.masked_fill_(dead, 0)
 
     # ------------------------------------------------------------------ forward
