@@ -87,8 +87,8 @@ def evaluate(model: DiscreteVAE, data: ImageSet, batch_size: int = AUTHORS_BATCH
     gen = torch.Generator(device=device).manual_seed(seed)
     argmax, drawn, posterior = CodeTally(k, device), CodeTally(k, device), PosteriorTally()
     kept: dict[str, list[torch.Tensor]] = {"x": [], "x_hat": [], "entropy": []}
-    for start in range(0, n, batch_size):
-        x = to_model_input(data.batch(torch.arange(start, min(start + batch_size, n))).to(device))
+    for idx in torch.arange(n).split(batch_size):
+        x = to_model_input(data.batch(idx).to(device))
         full = x.shape[0] == batch_size
         z_e = model.encoder(x).float()
         codes = q.codes(z_e)

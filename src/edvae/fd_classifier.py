@@ -140,8 +140,7 @@ def accuracy(net: FeatureClassifier, data: ImageSet, use_labels: bool = True, se
     device = next(net.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     right = 0
-    for start in range(0, len(data), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(data)))
+    for idx in torch.arange(len(data)).split(batch_size):
         x, y = _targets(data, idx, data.batch(idx).to(device), use_labels and data.labels is not None, gen)
         right += int((net(x).argmax(1) == y).sum())
     return right / len(data)

@@ -49,7 +49,7 @@ from .engine.runtime import pick_device
 from .errors import EdvaeError
 from .fd_classifier import load_classifier
 from .model import DiscreteVAE
-from .run_folder import load_split, run_config, run_model_file
+from .run_folder import load_split, load_splits, run_config, run_model_file
 
 # Metric names, kept apart on purpose: only `fid` is comparable with published FIDs.
 METRIC_NAMES = {"inception": "fid", "classifier": "fd_edvae_classifier"}
@@ -188,8 +188,7 @@ def classifier_extractor(path: str | Path,
 
 def _batches(images, batch_size: int):
     """uint8 (B, C, H, W) batches in order, of a (N, C, H, W) tensor or an ImageSet."""
-    for start in range(0, len(images), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(images)))
+    for idx in torch.arange(len(images)).split(batch_size):
         yield images.batch(idx) if isinstance(images, ImageSet) else images[idx]
 
 
@@ -228,8 +227,7 @@ def _classifier_for(path: str | Path | None, run_dir: Path | None, device, steps
         cfg.train.dataset, cfg.model.channels, cfg.model.image_size, seed)
     if target.is_file():
         return target
-    train_set = load_split(cfg, "train", device)
-    test_set = load_split(cfg, "test", device)
+    train_set, test_set = load_splits(cfg, device)
     log(f"training the feature classifier on {cfg.train.dataset} ({len(train_set)} images, {steps} steps)"
         f" -> {target}")
     net, info = fd_classifier.train_classifier(train_set, test_set, steps=steps, seed=seed, device=device)

@@ -16,10 +16,10 @@ checks the two against each other. What makes it FID's network rather than a cla
    (i + 0.5) * in / out - 0.5 instead, which gives other features.
 3. Scaling: (x - 128) / 128, the graph's `Sub` and `Mul(1/128)`; 255 maps to 0.9921875, not 1.
 4. Every convolution is followed by BatchNorm with eps 0.001 and a ReLU; no convolution has a bias.
-5. The 3x3 average pools in the blocks A, C and E_1 (FIDInceptionA, FIDInceptionC, FIDInceptionE_1)
-   leave the padded zeros out of the average (count_include_pad=False), as TF's SAME-padded pooling
-   does; torchvision's blocks count them.
-6. The last block (FIDInceptionE_2, Mixed_7c) pools its `branch_pool` with a 3x3 max pool, not an
+5. The 3x3 average pools in the blocks A, C and E_1 (FIDInceptionA, FIDInceptionC, Mixed_7b's
+   FIDInceptionE) leave the padded zeros out of the average (count_include_pad=False), as TF's
+   SAME-padded pooling does; torchvision's blocks count them.
+6. The last block (E_2: Mixed_7c's FIDInceptionE) pools its `branch_pool` with a 3x3 max pool, not an
    average: the 2015 graph does so.
 7. No auxiliary classifier and no logits: the features are the spatial mean of Mixed_7c's 2048 x 8 x 8.
 
@@ -28,6 +28,8 @@ tensors land on this network by name.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +106,11 @@ class ConvBN(nn.Module):
 def _avg_pool_tf(x: torch.Tensor) -> torch.Tensor:
     """3x3, stride 1, padding 1, averaging only the pixels inside the image (TF's SAME pooling)."""
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+def _max_pool_same(x: torch.Tensor) -> torch.Tensor:
+    """3x3, stride 1, padding 1: the maximum (Mixed_7c's pool branch, the 2015 graph's choice)."""
+    return F.max_pool2d(x, 3, stride=1, padding=1)
 
 
 def _chain(x: torch.Tensor, *layers: nn.Module) -> torch.Tensor:
@@ -192,11 +199,13 @@ class InceptionD(nn.Module):
                           F.max_pool2d(x, 3, stride=2)], 1)
 
 
-class _InceptionE(nn.Module):
-    """Mixed_7b/c, 8x8: 1x1 | 1x1-(1x3, 3x1) | 1x1-3x3-(1x3, 3x1) | pool-1x1; the pool is the subclass's."""
+class FIDInceptionE(nn.Module):
+    """Mixed_7b/c, 8x8: 1x1 | 1x1-(1x3, 3x1) | 1x1-3x3-(1x3, 3x1) | pool-1x1. `pool`: Mixed_7b (E_1)
+    averages without the padded zeros, Mixed_7c (E_2) takes the 3x3 maximum."""
 
-    def __init__(self, c_in: int):
+    def __init__(self, c_in: int, pool: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
+        self.pool = pool
         row, col = dict(kernel=(1, 3), padding=(0, 1)), dict(kernel=(3, 1), padding=(1, 0))
         self.branch1x1 = ConvBN(c_in, 320, 1)
         self.branch3x3_1 = ConvBN(c_in, 384, 1)
@@ -208,9 +217,6 @@ class _InceptionE(nn.Module):
         self.branch3x3dbl_3b = ConvBN(384, 384, **col)
         self.branch_pool = ConvBN(c_in, 192, 1)
 
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.branch3x3_1(x)
         b = _chain(x, self.branch3x3dbl_1, self.branch3x3dbl_2)
@@ -218,20 +224,6 @@ class _InceptionE(nn.Module):
                           self.branch3x3_2a(a), self.branch3x3_2b(a),
                           self.branch3x3dbl_3a(b), self.branch3x3dbl_3b(b),
                           self.branch_pool(self.pool(x))], 1)
-
-
-class FIDInceptionE_1(_InceptionE):
-    """Mixed_7b: the pool branch averages without the padded zeros."""
-
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        return _avg_pool_tf(x)
-
-
-class FIDInceptionE_2(_InceptionE):
-    """Mixed_7c: the pool branch takes the 3x3 maximum (the 2015 graph's choice)."""
-
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x, 3, stride=1, padding=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,8 +252,8 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_6d = FIDInceptionC(768, c7=160)
         self.Mixed_6e = FIDInceptionC(768, c7=192)
         self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = FIDInceptionE_1(1280)
-        self.Mixed_7c = FIDInceptionE_2(2048)
+        self.Mixed_7b = FIDInceptionE(1280, pool=_avg_pool_tf)
+        self.Mixed_7c = FIDInceptionE(2048, pool=_max_pool_same)
         self.requires_grad_(False)
         self.eval()
 

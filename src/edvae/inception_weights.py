@@ -67,11 +67,6 @@ def resolve_weights_file(path: str | Path | None) -> Path:
                      f"{where_to_get()}")
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160] if text else ''}"
-
-
 def read_state(path: Path) -> Mapping[str, torch.Tensor]:
     """The file's tensors, by torch.load(weights_only=True) on the CPU."""
     try:
@@ -80,8 +75,9 @@ def read_state(path: Path) -> Mapping[str, torch.Tensor]:
         raise EdvaeError(f"{path}: not a file of tensors that torch.load(weights_only=True) accepts; "
                          "edvae unpickles nothing else") from None
     except Exception as exc:  # any other file it cannot read is bad input too
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise EdvaeError(f"{path}: not a weights file torch.load(weights_only=True) can read "
-                         f"({_first_line(exc)})") from None
+                         f"({type(exc).__name__}: {first})") from None
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise EdvaeError(f"{path}: holds a {type(state).__name__}, not a state dict of named tensors")
     return state

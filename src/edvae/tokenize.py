@@ -60,10 +60,7 @@ def decode_file(run_dir: str, codes_path: Path, output: Path, device: str = "aut
         raise EdvaeError(f"{codes_path}: codes must be integers, got {codes.dtype}")
     output.mkdir(parents=True, exist_ok=True)
     indices = torch.from_numpy(codes.astype(np.int64))
-    n = 0
     for start in range(0, len(indices), 256):
-        images = model.decode(indices[start:start + 256]).cpu()
-        for img in images:
-            save_png(output / f"{n:06d}.png", img)
-            n += 1
-    return n
+        for i, img in enumerate(model.decode(indices[start:start + 256]).cpu()):
+            save_png(output / f"{start + i:06d}.png", img)
+    return len(indices)

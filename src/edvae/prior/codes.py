@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint
-from ..config import RunConfig
 from ..data import ImageSet
 from ..data.download import sha256sum
 from ..errors import EdvaeError
@@ -32,11 +31,8 @@ def encode_images(model: DiscreteVAE, data: ImageSet, batch_size: int = 256) -> 
     """Code maps of every image of `data`, (N, h, w) int64 on the CPU."""
     model.eval()
     torch.manual_seed(0)  # a quantizer that samples at evaluation (eval_mode=sample) draws the same codes
-    out = []
-    for start in range(0, len(data), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(data)))
-        out.append(model.encode(data.batch(idx)).cpu())
-    return torch.cat(out)
+    batches = torch.arange(len(data)).split(batch_size)
+    return torch.cat([model.encode(data.batch(idx)).cpu() for idx in batches])
 
 
 def _read_cache(path: Path) -> tuple[torch.Tensor, dict[str, str]] | None:
@@ -48,15 +44,13 @@ def _read_cache(path: Path) -> tuple[torch.Tensor, dict[str, str]] | None:
 
 
 def cached_codes(run_dir: str | Path, cache_dir: str | Path, split: str, *,
-                 model: DiscreteVAE | None = None, cfg: RunConfig | None = None,
-                 device: torch.device | str = "cpu", batch_size: int = 256,
+                 model: DiscreteVAE | None = None, device: torch.device | str = "cpu", batch_size: int = 256,
                  log=print) -> torch.Tensor:
     """The code maps of `split` of the run's dataset, from the cache in `cache_dir` when it was made
     by this run's model file, else encoded now and cached. Returns int16/int32 (N, h, w) on the CPU."""
-    model_file = run_model_file(run_dir)
-    sha = sha256sum(model_file)
+    sha = sha256sum(run_model_file(run_dir))
     path = codes_file(cache_dir, split)
-    cfg = cfg or run_config(run_dir)
+    cfg = run_config(run_dir)
     hit = _read_cache(path)
     if hit is not None:
         codes, meta = hit
@@ -66,9 +60,8 @@ def cached_codes(run_dir: str | Path, cache_dir: str | Path, split: str, *,
     model = model or DiscreteVAE.load(run_dir, device)
     data = load_split(cfg, split, model.device)
     log(f"encoding the {split} split of {cfg.train.dataset} ({len(data)} images) to code maps")
-    codes = encode_images(model, data, batch_size)
     k = model.config.codebook_size
-    codes = codes.to(torch.int16 if k <= 32768 else torch.int32)
+    codes = encode_images(model, data, batch_size).to(torch.int16 if k <= 32768 else torch.int32)
     meta = {"format": CODES_FORMAT, "model_sha256": sha, "split": split, "dataset": cfg.train.dataset,
             "n": str(codes.shape[0]), "codebook_size": str(k), "run": str(run_dir)}
     Path(cache_dir).mkdir(parents=True, exist_ok=True)

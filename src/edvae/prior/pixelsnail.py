@@ -191,8 +191,7 @@ class PixelSNAIL(nn.Module):
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         x = self.embed(codes.long()).permute(0, 3, 1, 2)
-        ones = torch.ones_like(x[:, :1])
-        x_pad = torch.cat([x, ones], 1)
+        x_pad = torch.cat([x, torch.ones_like(x[:, :1])], 1)  # the channel of ones (see __init__)
         ul = down_shift(self.in_down(x_pad)) + right_shift(self.in_right(x_pad))
         # fewer rows than `size` are allowed (sampling runs on the rows done so far): rows above
         # never see rows below, so their logits are those of the full map

@@ -74,10 +74,6 @@ def save_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> None:
     grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(path)
 
 
-def default_samples_dir(prior_dir: Path, n: int, temperature: float, top_k: int, seed: int) -> Path:
-    return prior_dir / f"samples-n{n}-t{temperature:g}-k{top_k}-seed{seed}"
-
-
 def sample_run(run_dir: str | Path, n: int, prior_dir: str | Path | None = None,
                out: str | Path | None = None, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
                batch_size: int = 64, device: str = "auto") -> dict[str, Any]:
@@ -96,8 +92,8 @@ def sample_run(run_dir: str | Path, n: int, prior_dir: str | Path | None = None,
     if cfg.source.get("model_sha256") not in (None, sha256sum(model_file)):
         raise EdvaeError(f"the prior in {prior_dir} was fitted to the codes of another model "
                          f"than {model_file}")
-    out = Path(out) if out is not None else default_samples_dir(
-        prior_dir if prior_dir.is_dir() else prior_dir.parent, n, temperature, top_k, seed)
+    folder = prior_dir if prior_dir.is_dir() else prior_dir.parent
+    out = Path(out) if out is not None else folder / f"samples-n{n}-t{temperature:g}-k{top_k}-seed{seed}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EdvaeError(f"--out {out} already holds files; pick a new folder")
     codes = sample_codes(prior, n, temperature, top_k, seed, batch_size)

@@ -36,6 +36,7 @@ from ..errors import EdvaeError
 from ..model import DiscreteVAE
 from ..run_folder import read_json, run_config, run_model_file
 from ..schedules import cosine_anneal
+from ..train import check_run_dir
 from ..yaml_values import parse_value
 from .codes import cached_codes, unigram_bits
 from .pixelsnail import PRESETS, PixelSNAIL, PixelSNAILConfig, preset_for
@@ -82,10 +83,9 @@ def prior_config_from_dict(data: dict[str, Any]) -> PriorRunConfig:
         raise EdvaeError(f"unknown prior config section {unknown[0]!r} (known: model, train)")
     model = _build(PixelSNAILConfig, "model", data.get("model") or {})
     train = _build(PriorTrainConfig, "train", data.get("train") or {})
-    if train.device not in DEVICES:
-        raise EdvaeError(f"config key train.device must be one of {DEVICES}, got {train.device!r}")
-    if train.precision not in PRECISIONS:
-        raise EdvaeError(f"config key train.precision must be one of {PRECISIONS}, got {train.precision!r}")
+    for key, value, valid in (("device", train.device, DEVICES), ("precision", train.precision, PRECISIONS)):
+        if value not in valid:
+            raise EdvaeError(f"config key train.{key} must be one of {valid}, got {value!r}")
     if not 0.0 <= model.dropout < 1.0:
         raise EdvaeError(f"config key model.dropout must lie in [0, 1), got {model.dropout}")
     if model.channels % model.heads:
@@ -119,22 +119,8 @@ def build_prior_config(vae: DiscreteVAE, overrides: list[str] | None = None,
     for key, value in (("codebook_size", k), ("size", size)):
         if key in given["model"] and given["model"][key] != value:
             raise EdvaeError(f"model.{key} is set by the run's VAE ({value}), got {given['model'][key]}")
-    model.update(given["model"])
-    model.update(codebook_size=k, size=size)
+    model.update(given["model"], codebook_size=k, size=size)
     return prior_config_from_dict({"model": model, "train": given["train"]})
-
-
-def _prepare_out(out: Path, resume: bool) -> PriorRunConfig | None:
-    if resume:
-        if not (out / checkpoint.CONFIG_FILE).is_file():
-            raise EdvaeError(f"--resume: no prior to resume in {out} ({checkpoint.CONFIG_FILE} missing)")
-        data = read_json(out / checkpoint.CONFIG_FILE)
-        if data.get("kind") != KIND:
-            raise EdvaeError(f"{out} does not hold a prior (kind {data.get('kind')!r})")
-        return prior_config_from_dict(data)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EdvaeError(f"--out {out} already holds files; pick a new folder or pass --resume")
-    return None
 
 
 @torch.no_grad()
@@ -202,13 +188,19 @@ def _prior_config(run_dir: Path, out: Path, resume: bool, overrides: list[str], 
                   sha: str) -> PriorRunConfig:
     """A new prior's config from the VAE, the preset and the overrides; a resumed one's as stored,
     where the overrides may only change the device, the threads or grow the steps."""
-    stored = _prepare_out(out, resume)
-    if stored is None:
+    if not resume:
+        check_run_dir(out, resume=False)
         cfg = build_prior_config(DiscreteVAE.load(run_dir, "cpu"), overrides, preset)
         vae_cfg = run_config(run_dir)
         cfg.source = {"run": str(run_dir), "model_sha256": sha, "dataset": vae_cfg.train.dataset,
                       "method": vae_cfg.model.method}
         return cfg
+    if not (out / checkpoint.CONFIG_FILE).is_file():
+        raise EdvaeError(f"--resume: no prior to resume in {out} ({checkpoint.CONFIG_FILE} missing)")
+    data = read_json(out / checkpoint.CONFIG_FILE)
+    if data.get("kind") != KIND:
+        raise EdvaeError(f"{out} does not hold a prior (kind {data.get('kind')!r})")
+    stored = prior_config_from_dict(data)
     if stored.source.get("model_sha256") != sha:
         raise EdvaeError(f"the prior in {out} was fitted to another model than {run_model_file(run_dir)}")
     old = stored.to_dict()
@@ -235,9 +227,8 @@ def train_prior(run_dir: str | Path, out: str | Path, overrides: list[str] | Non
         if not resume:
             checkpoint.atomic_write_text(out / checkpoint.CONFIG_FILE, json.dumps(config, indent=2))
         cache = Path(codes_cache) if codes_cache is not None else out
-        vae_cfg = run_config(run_dir)
-        train_codes = cached_codes(run_dir, cache, "train", model=vae, cfg=vae_cfg, device=dev, log=log)
-        test_codes = cached_codes(run_dir, cache, "test", model=vae, cfg=vae_cfg, device=dev, log=log)
+        train_codes = cached_codes(run_dir, cache, "train", model=vae, device=dev, log=log)
+        test_codes = cached_codes(run_dir, cache, "test", model=vae, device=dev, log=log)
         del vae
         torch.manual_seed(t.seed)
         prior = PixelSNAIL(cfg.model).to(dev)
