@@ -38,6 +38,7 @@ from .progress import LiveDisplay, Snapshot, last_step
 EVAL_FILE = "eval.json"
 # where a run runs, and what the trainer reads from its data (channels, size): not what it computes
 NOT_SETTINGS = {"train.device", "train.threads", "model.channels", "model.image_size"}
+POLL_SECONDS = 0.5  # how often the runner looks at its children and redraws the display
 
 
 @dataclass
@@ -153,11 +154,10 @@ def train_task(spec: RunSpec, run_dir: Path, steps: int, threads: int) -> Task:
 class Runner:
     """Runs tasks wave by wave, `jobs` at a time, with one live display over all of them."""
 
-    def __init__(self, tasks: list[Task], jobs: int, threads: int, display: LiveDisplay | None = None,
-                 poll: float = 0.5):
+    def __init__(self, tasks: list[Task], jobs: int, threads: int, display: LiveDisplay | None = None):
         if jobs < 1:
             raise EdvaeError(f"--jobs must be at least 1, got {jobs}")
-        self.tasks, self.jobs, self.poll = tasks, jobs, poll
+        self.tasks, self.jobs = tasks, jobs
         self.display = display or LiveDisplay(enabled=False)
         self.env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         self.failed: list[str] = []  # tasks that ended in an error
@@ -199,7 +199,7 @@ class Runner:
                 task, cmd = pending.pop(0)
                 running.append((task, self._start(task, cmd)))
             self.display.show(self.snapshot(running))
-            time.sleep(self.poll)
+            time.sleep(POLL_SECONDS)
             for task, proc in [r for r in running if r[1].poll() is not None]:
                 running.remove((task, proc))
                 if task.diverged():

@@ -178,11 +178,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_training_flags(p: argparse.ArgumentParser) -> None:
-    """--steps, --batch-size, --seed, --device and --set: the same on every command that trains."""
+def add_training_flags(p: argparse.ArgumentParser, seed: bool = True) -> None:
+    """--steps, --batch-size, --seed (not on grids: they take --seeds), --device and --set: the same
+    on every command that trains."""
     p.add_argument("--steps", type=int, help="training steps (train.steps)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="train.batch_size")
-    p.add_argument("--seed", type=int, help="train.seed")
+    if seed:
+        p.add_argument("--seed", type=int, help="train.seed")
     p.add_argument("--device", help="auto, cpu, cuda, mps (train.device)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
 
@@ -237,17 +239,14 @@ def _add_grid(sub) -> None:
             c.add_argument("--config")
             c.add_argument("--variant", nargs="+", action="append", metavar="LABEL METHOD [KEY=VALUE]",
                            help="a labelled method with its own settings, usable in --methods")
-        c.add_argument("--steps", type=int, default=1500 if name == "demo" else None,
-                       help="training steps of every run (train.steps)")
-        c.add_argument("--batch-size", dest="batch_size", type=int, help="train.batch_size")
+        add_training_flags(c, seed=False)
         c.add_argument("--width", type=int, help="model.width")
-        c.add_argument("--device", help="auto, cpu, cuda, mps (train.device)")
         add_compile_flags(c)
-        c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
         c.add_argument("--out", default="runs/demo" if name == "demo" else "runs/compare")
         c.add_argument("--jobs", type=int, default=2, help="runs trained at once")
         c.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-        c.set_defaults(func=cmd_demo if name == "demo" else cmd_compare)
+        c.set_defaults(func=cmd_demo if name == "demo" else cmd_compare,
+                       steps=1500 if name == "demo" else None)
 
 
 def _add_bench(sub) -> None:

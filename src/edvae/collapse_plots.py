@@ -53,8 +53,7 @@ def plot_latents(cfg, means: torch.Tensor, test: torch.Tensor, labels: torch.Ten
     k, w, s = picture
     n = min(4000, test.shape[0])
     panels = 1 + len(latents)
-    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.2))
-    axes = [axes] if panels == 1 else list(axes)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.2))  # the data and at least one arm
     colours = labels[:n].numpy()
     axes[0].scatter(test[:n, 0].numpy(), test[:n, 1].numpy(), c=colours, cmap="tab20", s=2)
     axes[0].set_title(f"data: {cfg.components} Gaussians" + (" (first 2 dims)" if cfg.data_dim > 2 else ""))

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .bench import RunSpec, run_specs
-from .checkpoint import atomic_write_text, divergence
+from .checkpoint import atomic_write_text
 from .errors import EdvaeError
 from .progress import LiveDisplay
 from .quantizers import QUANTIZERS
-from .study_report import cell, curves_figure, read_curves
+from .study_report import cell, curves_figure, read_curves, run_result
 
 COLUMNS = (("perplexity", "perplexity (argmax)", 1.0, 1),
            ("perplexity_sampled", "perplexity (sampled)", 1.0, 1),
@@ -76,20 +76,8 @@ def run_grid(methods: list[str], seeds: list[int], out: Path, config: str | None
 
 
 def collect(out: Path, methods: list[str], seeds: list[int]) -> list[dict[str, Any]]:
-    rows = []
-    for method in methods:
-        for seed in seeds:
-            path = out / f"{method}-seed{seed}" / "eval.json"
-            diverged = divergence(path.parent)
-            if not path.is_file() and diverged:  # finished, with no evaluation
-                rows.append({"method": method, "seed": seed, "diverged_at": diverged["step"]})
-                continue
-            if not path.is_file():
-                raise EdvaeError(f"missing result {path}")
-            r = json.loads(path.read_text())
-            r.pop("code_counts", None)
-            rows.append({"method": method, "seed": seed, **r})
-    return rows
+    """Every run's row: its method, seed and result (study_report.run_result), method-major."""
+    return [{"method": m, "seed": s, **run_result(out / f"{m}-seed{s}")} for m in methods for s in seeds]
 
 
 def summary_table(rows: list[dict[str, Any]], methods: list[str]) -> str:

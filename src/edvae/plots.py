@@ -17,8 +17,8 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> Image.Image:
     canvas = torch.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
     for i in range(n):
         r, col = divmod(i, nrow)
-        canvas[:, pad + r * (h + pad): pad + r * (h + pad) + h,
-               pad + col * (w + pad): pad + col * (w + pad) + w] = x[i]
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[:, top:top + h, left:left + w] = x[i]
     arr = canvas.permute(1, 2, 0).numpy()
     return Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
 
@@ -31,9 +31,7 @@ def save_png(path: Path, image: torch.Tensor) -> None:
 def save_reconstructions(path: Path, x: torch.Tensor, x_hat: torch.Tensor, n: int = 32) -> None:
     """Rows of 8: originals, then their reconstructions, alternating."""
     x, x_hat = x[:n], x_hat[:n]
-    rows = []
-    for i in range(0, x.shape[0], 8):
-        rows += [x[i:i + 8], x_hat[i:i + 8]]
+    rows = [half for i in range(0, x.shape[0], 8) for half in (x[i:i + 8], x_hat[i:i + 8])]
     grid = image_grid(torch.cat(rows), nrow=8)
     grid.resize((grid.width * 3, grid.height * 3), Image.NEAREST).save(path)
 

@@ -3,7 +3,7 @@
 The steps are read from the runs' own metrics.jsonl (the last row's `step`; a row is written every
 `train.log_every` steps), so the display needs nothing from the child processes but their files.
 On a terminal the line is redrawn in place; otherwise (a log file, CI) it is printed as a plain
-line at most every `interval` seconds and whenever a run finishes.
+line at most every INTERVAL seconds and whenever a run finishes.
 """
 
 from __future__ import annotations
@@ -14,19 +14,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
-METRICS = "metrics.jsonl"
+from .engine.metrics_log import METRICS_JSONL as METRICS
+
+INTERVAL = 30.0  # seconds between two plain status lines (not on a terminal)
 
 
 def last_step(folder: Path) -> int:
     """The step of the last complete row of folder/metrics.jsonl; 0 when there is none."""
-    path = folder / METRICS
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 4096))
+        with open(folder / METRICS, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(0, end - 4096))
             tail = f.read().decode("utf-8", errors="replace")
     except OSError:
         return 0
@@ -78,13 +77,12 @@ def status_line(s: Snapshot, rate: float | None, elapsed: float) -> str:
 
 
 class LiveDisplay:
-    """The study's status line on `stream` (stderr by default); `note` prints a line (to stdout)
-    without breaking it."""
+    """The study's status line on stderr; `note` prints a line (to stdout) without breaking it."""
 
-    def __init__(self, stream: TextIO | None = None, interval: float = 30.0, enabled: bool = True):
-        self.stream = stream if stream is not None else sys.stderr
+    def __init__(self, enabled: bool = True):
+        self.stream = sys.stderr
         self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.enabled, self.interval = enabled, interval
+        self.enabled = enabled
         self.began = time.monotonic()
         self.first_steps: int | None = None
         self.last_print = -float("inf")
@@ -106,7 +104,7 @@ class LiveDisplay:
         if self.live:
             self.stream.write("\r\033[K" + line)
             self.shown = True
-        elif force or now - self.last_print >= self.interval:
+        elif force or now - self.last_print >= INTERVAL:
             self.stream.write(line + "\n")
             self.last_print = now
         self.stream.flush()

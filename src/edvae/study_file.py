@@ -82,11 +82,15 @@ def _list(value: Any, where: str, kind: type | None = None) -> list[Any]:
     return value
 
 
-def _mapping(value: Any, where: str) -> dict[str, Any]:
+def _mapping(value: Any, where: str, known: set[str] | None = None) -> dict[str, Any]:
+    """The mapping (None: {}); with `known`, one with no other keys."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise EdvaeError(f"{where}: expected a mapping, got {value!r}")
+    unknown = sorted(set(value) - known) if known is not None else []
+    if unknown:
+        raise EdvaeError(f"{where}: unknown key {unknown[0]!r}")
     return value
 
 
@@ -142,28 +146,24 @@ def _figures(data: dict[str, Any], study: Path) -> list[dict[str, Any]]:
 def load_study(path: str | Path) -> Study:
     path = Path(path)
     data = load_yaml_file(path, "study")
+    where = lambda what: f"study {path} ({what})"
     unknown = sorted(set(data) - KEYS)
     if unknown:
         raise EdvaeError(f"study {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(KEYS))})")
     if not isinstance(data.get("name"), str):
         raise EdvaeError(f"study {path}: a `name` is required")
-    scales = _mapping(data.get("scales"), f"study {path} (scales)")
+    scales = _mapping(data.get("scales"), where("scales"))
     for scale, settings in scales.items():
         if scale not in SCALES:
-            raise EdvaeError(f"study {path} (scales): unknown scale {scale!r} (known: {', '.join(SCALES)})")
-        bad = sorted(set(_mapping(settings, f"study {path} (scales.{scale})")) - SCALE_KEYS)
-        if bad:
-            raise EdvaeError(f"study {path} (scales.{scale}): unknown key {bad[0]!r}")
-    generation = _mapping(data.get("generation"), f"study {path} (generation)")
-    bad = sorted(set(generation) - GENERATION_KEYS)
-    if bad:
-        raise EdvaeError(f"study {path} (generation): unknown key {bad[0]!r}")
+            raise EdvaeError(f"{where('scales')}: unknown scale {scale!r} (known: {', '.join(SCALES)})")
+        _mapping(settings, where(f"scales.{scale}"), SCALE_KEYS)
+    generation = _mapping(data.get("generation"), where("generation"), GENERATION_KEYS)
     return Study(path, data["name"], _entries(data, path),
-                 _list(data.get("datasets"), f"study {path} (datasets)", str) or list(PAPER_DATASETS),
-                 _list(data.get("seeds"), f"study {path} (seeds)", int) or list(PAPER_SEEDS),
-                 _sweeps(data.get("sweeps"), f"study {path} (sweeps)"),
-                 _list(data.get("set"), f"study {path} (set)", str), scales, generation,
-                 [_mapping(t, f"study {path} (tables)") for t in _list(data.get("tables"), "tables")],
+                 _list(data.get("datasets"), where("datasets"), str) or list(PAPER_DATASETS),
+                 _list(data.get("seeds"), where("seeds"), int) or list(PAPER_SEEDS),
+                 _sweeps(data.get("sweeps"), where("sweeps")), _list(data.get("set"), where("set"), str),
+                 scales, generation,
+                 [_mapping(t, where("tables")) for t in _list(data.get("tables"), "tables")],
                  _figures(data, path),
                  {k: data.get(k) for k in ("name", "title", "paper", "claims", "notes")})
 
@@ -197,12 +197,12 @@ def _config_for(study: Study, scale: str, protocol: str | None, dataset: str, me
     return path
 
 
-def plan(study: Study, scale: str, extra_set: list[str] | None = None, configs: Path | None = None) -> Plan:
+def plan(study: Study, scale: str, extra_set: list[str] | None = None) -> Plan:
     """The study's runs at `scale`, named DATASET/ENTRY[-KEYVALUE...]-seedSEED, every config built."""
     if scale not in SCALES:
         raise EdvaeError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     settings = _mapping(study.scales.get(scale), study.where(f"scales.{scale}"))
-    configs = configs or study.path.resolve().parent.parent / "configs"
+    configs = study.path.resolve().parent.parent / "configs"  # the repository's, beside studies/
     labels = _list(settings.get("methods"), study.where(f"scales.{scale}.methods"), str)
     missing = [m for m in labels if m not in {e.label for e in study.entries}]
     if missing:
@@ -223,11 +223,8 @@ def plan(study: Study, scale: str, extra_set: list[str] | None = None, configs: 
                 spec = RunSpec("", entry.method, seed, str(config),
                                [*shared, *entry.overrides, *point, *(extra_set or [])])
                 _name_run(spec, study, dataset, entry, swept, point)
-                if spec.name in runs:
-                    runs[spec.name].labels["sweeps"].append(index)
-                    continue
-                spec.labels["sweeps"] = [index]
-                runs[spec.name] = spec
+                # a run that two sweeps share (their base point) is planned once, labelled with both
+                runs.setdefault(spec.name, spec).labels.setdefault("sweeps", []).append(index)
     generation = {**study.generation, **_mapping(settings.get("generation"), study.where("generation"))}
     return Plan(study, scale, list(runs.values()), generation, sweeps)
 

@@ -17,8 +17,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .bench import EVAL_FILE
 from .checkpoint import atomic_write_text, divergence
+from .errors import EdvaeError
 from .plots import _pyplot, save_figure
+from .progress import METRICS
 from .study_generation import stage_files
 
 CURVE_KEYS = ("test_perplexity", "test_mse", "test_entropy_mean", "test_entropy_std", "test_uncertainty",
@@ -51,11 +54,9 @@ def cell(runs: list[dict[str, Any]], metric: str, scale: float = 1.0, digits: in
 def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
     """{key: [[step, value], ...]} for the CURVE_KEYS (numbers) and MAP_KEYS (lists) a run's
     metrics.jsonl holds."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     curves: dict[str, list[list[float]]] = {}
-    if not path.is_file():
-        return curves
-    for line in path.read_text().splitlines():
+    for line in path.read_text().splitlines() if path.is_file() else []:
         if line.strip():
             row = json.loads(line)
             for keys, kind in ((CURVE_KEYS, (int, float)), (MAP_KEYS, list)):
@@ -65,15 +66,22 @@ def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
     return curves
 
 
+def run_result(run: Path) -> dict[str, Any]:
+    """A finished run's evaluation (eval.json less its code counts), or {"diverged_at": STEP} for a
+    training that diverged (it finished without an evaluation); an EdvaeError when it has neither."""
+    if (run / EVAL_FILE).is_file():
+        return {k: v for k, v in json.loads((run / EVAL_FILE).read_text()).items() if k != "code_counts"}
+    if (diverged := divergence(run)) is None:
+        raise EdvaeError(f"missing result {run / EVAL_FILE}")
+    return {"diverged_at": diverged["step"]}
+
+
 def collect_rows(specs, out: Path) -> list[dict[str, Any]]:
     """One row per finished run: its labels, name, evaluation, generation results and curves."""
     rows = []
     for spec in specs:
         run = out / spec.name
-        result = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
-        result.pop("code_counts", None)
-        if not result and (diverged := divergence(run)):  # finished without an evaluation
-            result["diverged_at"] = diverged["step"]
+        result = run_result(run)
         stages = stage_files(run)
         if stages["prior"].is_file():
             result["bits_per_code"] = json.loads(stages["prior"].read_text()).get("bits_per_code")
@@ -93,10 +101,7 @@ def key_of(row: dict[str, Any], key: str) -> Any:
 
 def _order(values) -> list[Any]:
     values = list(dict.fromkeys(values))
-    try:
-        return sorted(values) if all(isinstance(v, (int, float)) for v in values) else values
-    except TypeError:
-        return values
+    return sorted(values) if all(isinstance(v, (int, float)) for v in values) else values
 
 
 def table(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
@@ -166,9 +171,8 @@ def sweep_figure(path: Path, rows: list[dict[str, Any]], metric: str, axis: str,
     for entry in dict.fromkeys(r["entry"] for r in rows):
         xs = _order(key_of(r, axis) for r in rows if r["entry"] == entry)
         vals = [[r[metric] for r in rows if r["entry"] == entry and key_of(r, axis) == x] for x in xs]
-        ax.errorbar(xs, [statistics.fmean(v) for v in vals],
-                    yerr=[statistics.pstdev(v) if len(v) > 1 else 0 for v in vals], marker="o", capsize=3,
-                    label=entry)
+        ax.errorbar(xs, [statistics.fmean(v) for v in vals], yerr=[statistics.pstdev(v) for v in vals],
+                    marker="o", capsize=3, label=entry)
     if diverged:
         ax.plot(diverged, [ax.get_ylim()[0]] * len(diverged), "x", color="red", clip_on=False,
                 label="diverged")
@@ -238,7 +242,7 @@ def write_report(out: Path, plan, rows: list[dict[str, Any]], command: str) -> s
     meta = {k: v for k, v in study.meta.items() if v is not None}
     atomic_write_text(out / "results.json", json.dumps(
         {**meta, "scale": plan.scale, "command": command, "runs": rows}, indent=1))
-    text = "\n".join(table(rows, t) for t in study.tables) if study.tables else ""
+    text = "\n".join(table(rows, t) for t in study.tables)
     drawn = figures(out, rows, study.figures)
     head = [f"# {meta.get('title', study.name)}", "",
             f"Paper: {meta.get('paper', '-')}; scale: {plan.scale}; {len(rows)} runs. A cell is the mean +- "

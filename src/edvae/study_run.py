@@ -65,20 +65,19 @@ def folder_state(spec: RunSpec, config: RunConfig, run_dir: Path, generation: bo
     return state + ("; " + generation_state(run_dir) if generation else "")
 
 
-def run_lines(p: Plan, out: Path | None = None) -> list[str]:
-    """One line per run: its folder and its settings (`edvae bench --list`), and with `out` (an
-    output folder that exists) where each run stands there."""
+def run_lines(p: Plan, out: Path) -> list[str]:
+    """One line per run: its folder and its settings (`edvae bench --list`), and where the output
+    folder `out` exists, where each run stands there."""
     configs = validate_runs(p.runs)
+    here = out.is_dir()
     lines = [f"{p.study.name} at scale {p.scale}: {len(p.runs)} run{'s' * (len(p.runs) != 1)}"
              + (", then a prior, samples and FD per run" if p.generation else "")
-             + (f"; in {out}:" if out is not None and out.is_dir() else "")]
+             + (f"; in {out}:" if here else "")]
     for spec in p.runs:
-        t = configs[spec.name].train
-        state = ""
-        if out is not None and out.is_dir():
-            state = f": {folder_state(spec, configs[spec.name], out / spec.name, p.generation)}"
-        lines.append(f"  {spec.name}  ({t.steps} steps, batch {t.batch_size}, "
-                     f"width {configs[spec.name].model.width}; {spec.config}){state}")
+        cfg = configs[spec.name]
+        state = f": {folder_state(spec, cfg, out / spec.name, p.generation)}" if here else ""
+        lines.append(f"  {spec.name}  ({cfg.train.steps} steps, batch {cfg.train.batch_size}, "
+                     f"width {cfg.model.width}; {spec.config}){state}")
     return lines
 
 
