@@ -13,6 +13,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from edvae.checkpoint import read_jsonl
+from edvae.progress import METRICS
+
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("folder", type=Path, help="a study's output folder of one data set (its *-seed* runs)")
 root = parser.parse_args().folder
@@ -23,7 +26,7 @@ if not root.is_dir():
 
 def rows_of(run: Path) -> dict[int, dict]:
     """{step: row} of a run's metrics.jsonl."""
-    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    return {r["step"]: r for r in read_jsonl(run / METRICS)}
 
 
 runs = sorted(p for p in root.glob("*-seed*") if p.is_dir())

@@ -31,6 +31,12 @@ def divergence(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (metrics.jsonl, a study's runs.jsonl); [] when it is missing."""
+    lines = Path(path).read_text().splitlines() if Path(path).is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, read_jsonl
 from .collapse_plots import plot_latents, plot_sweeps
 from .engine.loop import Fit, Phase, StepOutput, fit
 from .errors import EdvaeError
@@ -226,10 +226,7 @@ def _finished_runs(cfg: StudyConfig, out: Path) -> dict[tuple, dict[str, Any]]:
     if stored.is_file() and stored.read_text() != settings:
         raise EdvaeError(f"{out} holds a collapse study with other settings ({stored}); pick another --out")
     atomic_write_text(stored, settings)
-    runs = out / RUNS_FILE
-    lines = runs.read_text().splitlines() if runs.is_file() else []
-    rows = [json.loads(line) for line in lines if line.strip()]
-    return {(r["arm"], r["codebook_size"], r["width"], r["seed"]): r for r in rows}
+    return {(r["arm"], r["codebook_size"], r["width"], r["seed"]): r for r in read_jsonl(out / RUNS_FILE)}
 
 
 def run_study(cfg: StudyConfig, out: str | Path, command: str = "",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .bench import EVAL_FILE
-from .checkpoint import atomic_write_text, divergence
+from .checkpoint import atomic_write_text, divergence, read_jsonl
 from .errors import EdvaeError
 from .plots import _pyplot, save_figure
 from .progress import METRICS
@@ -54,15 +54,12 @@ def cell(runs: list[dict[str, Any]], metric: str, scale: float = 1.0, digits: in
 def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
     """{key: [[step, value], ...]} for the CURVE_KEYS (numbers) and MAP_KEYS (lists) a run's
     metrics.jsonl holds."""
-    path = run_dir / METRICS
     curves: dict[str, list[list[float]]] = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        if line.strip():
-            row = json.loads(line)
-            for keys, kind in ((CURVE_KEYS, (int, float)), (MAP_KEYS, list)):
-                for key in keys:
-                    if isinstance(row.get(key), kind):
-                        curves.setdefault(key, []).append([row["step"], row[key]])
+    for row in read_jsonl(run_dir / METRICS):
+        for keys, kind in ((CURVE_KEYS, (int, float)), (MAP_KEYS, list)):
+            for key in keys:
+                if isinstance(row.get(key), kind):
+                    curves.setdefault(key, []).append([row["step"], row[key]])
     return curves
 
 

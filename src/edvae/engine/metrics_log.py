@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_text
+from ..checkpoint import atomic_write_text, read_jsonl
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -39,9 +39,8 @@ class MetricsLog:
     def _truncate(self, step: int) -> None:
         """Drop rows logged after the checkpoint a resumed run starts from."""
         if self.jsonl.exists():
-            rows = [r for r in self.jsonl.read_text().splitlines() if r.strip()]
-            keep = [r for r in rows if json.loads(r)["step"] <= step]
-            atomic_write_text(self.jsonl, "".join(r + "\n" for r in keep))
+            keep = [r for r in read_jsonl(self.jsonl) if r["step"] <= step]
+            atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in keep))
         if self.csv.exists():
             with open(self.csv, newline="") as f:
                 rows = list(csv.DictReader(f))
