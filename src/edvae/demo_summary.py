@@ -53,8 +53,7 @@ def closing_sentences(rows: list[dict[str, Any]]) -> list[str]:
         why = ("EdVAE is not ahead" if e["perplexity"] <= d["perplexity"] else
                f"EdVAE's MSE is {100 * (e['mse'] / d['mse'] - 1):.0f}% above dVAE's")
         second = (f"So this budget does not show the paper's effect ({why}: the ratio of perplexities is "
-                  f"{ratio:.2f}; {paper}); EdVAE uses {e['used_codes']:.0f} and dVAE {d['used_codes']:.0f} "
-                  f"of the {k} codes.")
+                  f"{ratio:.2f}; {paper}).")
     third = (f"{LARGER['name']} in docs/results.md ({LARGER['what']}) shows it at a larger budget: "
              f"EdVAE {LARGER['edvae']} against dVAE {LARGER['dvae']}, ahead in {LARGER['ahead']} of "
              f"{LARGER['seeds']} seeds; it reruns with `{LARGER['command']}`.")
