@@ -19,9 +19,9 @@ from typing import Any
 
 from .bench import EVAL_FILE
 from .checkpoint import atomic_write_text, divergence, read_jsonl
+from .engine.metrics_log import METRICS_JSONL
 from .errors import EdvaeError
 from .plots import _pyplot, save_figure
-from .progress import METRICS
 from .study_generation import stage_files
 
 CURVE_KEYS = ("test_perplexity", "test_mse", "test_entropy_mean", "test_entropy_std", "test_uncertainty",
@@ -55,7 +55,7 @@ def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
     """{key: [[step, value], ...]} for the CURVE_KEYS (numbers) and MAP_KEYS (lists) a run's
     metrics.jsonl holds."""
     curves: dict[str, list[list[float]]] = {}
-    for row in read_jsonl(run_dir / METRICS):
+    for row in read_jsonl(run_dir / METRICS_JSONL):
         for keys, kind in ((CURVE_KEYS, (int, float)), (MAP_KEYS, list)):
             for key in keys:
                 if isinstance(row.get(key), kind):

@@ -9,7 +9,7 @@ to size x size, and converted to `channels` (1: "L", 3: "RGB").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import torch
 from PIL import Image
@@ -60,7 +60,7 @@ def _header(path: Path) -> tuple[str, tuple[int, int]]:
         raise EdvaeError(f"cannot read image {path}: {e}") from e
 
 
-def decode_resized(path: Path | Any, size: int, channels: int, what: str | None = None) -> torch.Tensor:
+def decode_resized(path: Path | BinaryIO, size: int, channels: int, what: str | None = None) -> torch.Tensor:
     """Decode (a path or a binary file object, named `what` in errors), convert to L/RGB, resize the
     shorter side to size, centre crop -> (C, size, size)."""
     return pil_to_tensor(resize_center_crop(convert(open_image(path, what), channels), size))
